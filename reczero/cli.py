@@ -1,0 +1,112 @@
+"""The one entry point: `reczero <command>` (also `python -m reczero`).
+
+  reczero fit|validate|test --config configs/grpo.yaml [--model.x=...] [--trainer.y=...]   LightningCLI
+  reczero data stats|preview [--config FILE] [--format F --path P ...]                       data checks
+
+Heavy imports (lightning, transformers, peft) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def lightning_cli(args: list[str] | None) -> None:
+    """LightningCLI over every PolicyModule subclass and the RatingDataModule (None: read sys.argv)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from reczero.data.datamodule import RatingDataModule
+    from reczero.modules.base import PolicyModule
+
+    LightningCLI(
+        PolicyModule,
+        RatingDataModule,
+        subclass_mode_model=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def _data_parser():
+    from jsonargparse import ArgumentParser
+
+    from reczero.data.datamodule import RatingDataModule
+
+    parser = ArgumentParser(prog="reczero data", description="Inspect what a data configuration produces.")
+    parser.add_argument("action", choices=["stats", "preview"])
+    parser.add_argument("--config", type=str, default=None, help="a fit YAML (its `data:` section is used)")
+    parser.add_argument("--format", type=str, default=None, help="shortcut for --data.source.format")
+    parser.add_argument("--path", type=str, default=None, help="shortcut for --data.source.path")
+    parser.add_argument("--tokenizer", type=str, default=None, help="model id/folder/'bundled' for prompt tokens")
+    parser.add_argument("--split", type=str, default="train", help="preview: which split")
+    parser.add_argument("--count", type=int, default=3, help="preview: how many prompts")
+    parser.add_argument("--seed", type=int, default=0, help="preview: which prompts")
+    parser.add_class_arguments(RatingDataModule, "data")
+    return parser
+
+
+def data_command(args: list[str]) -> None:
+    import yaml
+
+    parser = _data_parser()
+    if "--config" in args:  # take only the data section of a full fit config
+        i = args.index("--config")
+        with open(args[i + 1]) as fh:
+            section = (yaml.safe_load(fh) or {}).get("data", {})
+        args = args[:i] + args[i + 2 :]
+        parser.set_defaults({f"data.{k}": v for k, v in _flatten(section).items()})
+    cfg = parser.parse_args(args)
+    if cfg.format:
+        cfg.data.source.format = cfg.format
+    if cfg.path:
+        cfg.data.source.path = cfg.path
+    init = parser.instantiate_classes(cfg)
+    dm = init.data
+    from reczero.data.stats import data_stats, format_stats, preview
+
+    tokenizer = _tokenizer(cfg.tokenizer) if cfg.tokenizer or cfg.action == "preview" else None
+    if cfg.action == "stats":
+        print(format_stats(data_stats(dm, tokenizer)))
+    else:
+        print("\n\n".join(preview(dm, tokenizer, cfg.split, cfg.count, cfg.seed)))
+
+
+def _flatten(section: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in section.items():
+        if isinstance(value, dict) and key in ("source", "samples") and "class_path" not in value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _tokenizer(name: str | None):
+    from reczero.bundled import BUNDLED
+    from reczero.policy import PolicyConfig, load_tokenizer
+
+    model = BUNDLED if name in (None, "bundled") else name
+    return load_tokenizer(PolicyConfig(model=model))
+
+
+USAGE = __doc__
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, rest = args[0], args[1:]
+    if command in LIGHTNING_COMMANDS:
+        lightning_cli(None if argv is None else args)
+    elif command == "data":
+        data_command(rest)
+    else:
+        print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        raise SystemExit(2)

@@ -1,0 +1,183 @@
+"""Batched sampling with a shared prompt prefill: the rollout engine.
+
+GRPO samples G completions of every prompt. Instead of repeating each prompt G times, we prefill
+every prompt ONCE, then repeat its KV cache G times (prompt-major: rows b*G .. b*G+G-1 belong to
+prompt b) and decode all B*G rows together. Logits are computed only for the last position, rows
+that have finished (EOS or a stop string such as `</rate>`) are dropped from the batch, and decoding
+ends as soon as every row has ended. Sampling uses an explicit `torch.Generator` so a resumed run
+draws the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are sampled. Used as `--model.rollout.<field>` on the CLI."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    stop_strings: tuple[str, ...] = ("</rate>",)
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Generation:
+    """Sampled completions, prompt-major.
+
+    tokens:   [N, C] completion token ids, `pad_id` after each row's end (N = B * num_samples)
+    lengths:  [N] tokens per completion, the EOS or stop-string tokens included
+    finished: [N] True where the row ended by EOS or a stop string, False where it hit max_new_tokens
+    texts:    N decoded completions (special tokens removed)
+    """
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    finished: torch.Tensor
+    texts: list[str]
+
+    @property
+    def completion_mask(self) -> torch.Tensor:
+        """[N, C] True on the tokens each completion really generated."""
+        steps = torch.arange(self.tokens.shape[1], device=self.tokens.device)
+        return steps[None, :] < self.lengths[:, None]
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """logits [A, V] -> next tokens [A]; temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # [A, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [A, V]
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def stop_token_ids(tokenizer, model=None) -> set[int]:
+    """EOS ids from the tokenizer and the model's generation config (chat models often have several)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(int(e) for e in eos)
+    return ids
+
+
+def _cache_kwarg() -> str:
+    """transformers 5.2x renamed `past_key_values` to `cache`; support both."""
+    import inspect
+
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+_CACHE_KWARG = _cache_kwarg()
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_samples: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Sample `num_samples` completions of each left-padded prompt (`input_ids [B, P]`).
+
+    The model must be in eval mode (the caller owns train/eval switching).
+    """
+    device = input_ids.device
+    batch, width = input_ids.shape
+    n = batch * num_samples
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = torch.tensor(sorted(stop_token_ids(tokenizer, model)), device=device)
+    stop_strings = tuple(sampling.stop_strings or ())
+    tail_tokens = max((len(tokenizer.encode(s, add_special_tokens=False)) for s in stop_strings), default=0) + 2
+
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = _cache_of(out)
+    logits = out.logits[:, -1, :]  # [B, V]
+    if num_samples > 1:  # share the prefill: repeat each prompt's cache G times, prompt-major
+        cache.batch_repeat_interleave(num_samples)
+        logits = logits.repeat_interleave(num_samples, dim=0)  # [N, V]
+    mask = attention_mask.repeat_interleave(num_samples, dim=0)  # [N, P]
+    next_pos = positions[:, -1:].repeat_interleave(num_samples, dim=0) + 1  # [N, 1]
+
+    tokens = torch.full((n, sampling.max_new_tokens), pad_id, dtype=torch.long, device=device)  # [N, C]
+    lengths = torch.zeros(n, dtype=torch.long, device=device)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    active = torch.arange(n, device=device)  # rows of `tokens` still decoding, in cache order
+    for step in range(sampling.max_new_tokens):
+        new = sample_next(logits, sampling.temperature, sampling.top_p, sampling.top_k, generator)  # [A]
+        tokens[active, step] = new
+        lengths[active] = step + 1
+        done = torch.isin(new, eos_ids)
+        if stop_strings:
+            start = max(0, step + 1 - tail_tokens)
+            tails = tokenizer.batch_decode(tokens[active, start : step + 1], skip_special_tokens=True)
+            hit = torch.tensor([any(s in t for s in stop_strings) for t in tails], device=device)
+            done = done | hit
+        finished[active[done]] = True
+        if step + 1 == sampling.max_new_tokens or bool(done.all()):
+            break
+        keep = (~done).nonzero(as_tuple=True)[0]  # [A'] positions within the active batch
+        if keep.numel() < active.numel():
+            cache.batch_select_indices(keep)
+            mask, next_pos, new, active = mask[keep], next_pos[keep], new[keep], active[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [A, P + step + 1]
+        out = model(
+            input_ids=new[:, None],
+            attention_mask=mask,
+            position_ids=next_pos,
+            use_cache=True,
+            **{_CACHE_KWARG: cache},
+        )
+        cache = _cache_of(out)
+        logits = out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    used = int(lengths.max().item()) if n else 0
+    tokens = tokens[:, : max(used, 1)]
+    texts = [tokenizer.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True) for i in range(n)]
+    return Generation(tokens=tokens, lengths=lengths, finished=finished, texts=texts)

@@ -1,0 +1,166 @@
+"""What the SFT and the GRPO LightningModules share: the policy, the optimiser and schedule,
+greedy-decoding validation with honest rating metrics, and adapter-only checkpoints.
+
+The policy (a LoRA / QLoRA `PeftModel`) is built in `configure_model`, so Lightning strategies
+(DDP, FSDP, DeepSpeed) wrap it as they need. The tokenizer is loaded in `setup` and handed to the
+DataModule, which renders prompts with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from reczero import metrics, rewards
+from reczero.generation import SamplingConfig, generate
+from reczero.policy import PolicyConfig, build_policy, load_tokenizer, save_adapter
+
+log = logging.getLogger(__name__)
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_lambda(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float = 0.1):
+    """Multiplier on the base learning rate: linear warmup, then constant / cosine / linear decay."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine":
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0 - (1 - min_ratio) * progress
+
+
+class PolicyModule(L.LightningModule):
+    """Base class; subclasses implement `training_step`."""
+
+    def __init__(
+        self,
+        policy: PolicyConfig,
+        reward: rewards.RewardSpec,
+        learning_rate: float,
+        weight_decay: float,
+        warmup_steps: int,
+        lr_schedule: str,
+        val_max_new_tokens: int,
+        adapter_dir: str | None,
+    ):
+        super().__init__()
+        if learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.policy_config = policy
+        self.reward_spec = reward
+        self.policy = None
+        self.tokenizer = None
+        self.scale = None
+        self.response_prefix = ""  # from the DataModule: scored together with each completion
+        self.strict_loading = False  # checkpoints hold the adapter only, not the frozen base weights
+        self._val_rows: list[tuple[float, float, float, bool, float]] = []
+
+    # -- building -------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.policy_config)
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if dm is not None:
+            dm.set_tokenizer(self.tokenizer)
+            self.scale = dm.scale
+            self.response_prefix = dm.response_prefix
+            self.reward_spec.validate_for(self.scale)
+
+    def configure_model(self) -> None:
+        if self.policy is None:
+            self.policy = build_policy(self.policy_config)
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the policy has no trainable parameters: check policy.lora_r and target_modules")
+        opt = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        total = self.total_optimizer_steps()
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda step: lr_lambda(step, self.hparams.warmup_steps, total, self.hparams.lr_schedule),
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def total_optimizer_steps(self) -> int:
+        trainer = self.trainer
+        if trainer.max_steps and trainer.max_steps > 0:
+            return trainer.max_steps
+        return max(1, int(trainer.estimated_stepping_batches))
+
+    # -- validation: greedy decoding, honest metrics ----------------------------------------------
+    def _decode_and_score(self, batch: dict) -> None:
+        sampling = SamplingConfig(temperature=0.0, max_new_tokens=self.hparams.val_max_new_tokens)
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            gen = generate(self.policy, self.tokenizer, batch["input_ids"], batch["attention_mask"], 1, sampling)
+        finally:
+            self.policy.train(was_training)
+        targets = batch["target"].tolist()
+        texts = [self.response_prefix + t for t in gen.texts]
+        scored = rewards.score_batch(texts, targets, self.scale, self.reward_spec)
+        for s, text, target, fallback in zip(scored, texts, targets, batch["fallback"].tolist()):
+            pred = rewards.parse_rating(text, rewards.get_template(self.reward_spec.template).rating_tag)
+            self._val_rows.append((math.nan if pred is None else pred, target, fallback, s.format_ok, s.total))
+        self._last_val_text = texts[0] if texts else ""
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._decode_and_score(batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_rows = []
+        self._val_start = time.perf_counter()
+
+    def on_validation_epoch_end(self) -> None:
+        rows = torch.tensor(self._val_rows, dtype=torch.float32, device=self.device).reshape(-1, 5)  # [n, 5]
+        if self.trainer.world_size > 1:
+            rows = self.all_gather(rows).reshape(-1, 5)
+        self._val_rows = []
+        if rows.shape[0] == 0:
+            return
+        preds = [None if math.isnan(p) else p for p in rows[:, 0].tolist()]
+        m = metrics.rating_metrics(preds, rows[:, 1].tolist(), rows[:, 2].tolist(), self.scale)
+        values = {
+            "val/mae": m.mae,
+            "val/rmse": m.rmse,
+            "val/parse_rate": m.parse_rate,
+            "val/exact_rate": m.exact_rate,
+            "val/within_1": m.within_1,
+            "val/format_rate": rows[:, 3].mean().item(),
+            "val/reward": rows[:, 4].mean().item(),
+            "val/samples": float(m.count),
+            "val/seconds": time.perf_counter() - self._val_start,
+        }
+        self.log_dict(values, rank_zero_only=True, sync_dist=False)
+        self.last_val_metrics = values
+        self._log_text("val/sample_completion", getattr(self, "_last_val_text", ""))
+
+    def _log_text(self, tag: str, text: str) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if self.global_rank == 0 and hasattr(experiment, "add_text") and text:
+            experiment.add_text(tag, "```\n" + text + "\n```", self.global_step)
+
+    # -- checkpoints: adapter only ----------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_train_end(self) -> None:
+        if self.hparams.adapter_dir and self.global_rank == 0:
+            path = Path(self.hparams.adapter_dir)
+            save_adapter(self.policy, path)
+            self.tokenizer.save_pretrained(path)
+            log.info("saved the LoRA adapter to %s", path)

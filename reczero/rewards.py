@@ -1,0 +1,372 @@
+"""Rule-based rewards for rating completions: parse the rating, check the format, score.
+
+RecZero's reward (method.md) is a format component plus a rating component:
+
+* the format passes iff every tag of the template occurs exactly once, the blocks come in order
+  without nesting, the reasoning blocks are non-empty and the rating block holds a number inside
+  the rating scale (see `check_format` for every rule and the reason codes);
+* passing: ``total = format_reward + rating``, with the graded rating ``1 - |pred - true| / divisor``
+  (paper: 1 + (1 - err / 2), so 2 / 1.5 / 0 at 0 / 1 / 4 stars off on 1-5) or the authors'
+  exact-match ablation (+2 if equal else -1.5);
+* failing: ``total = format_penalty`` (-1), plus optional partial credit (`RewardSpec.format_shaping`)
+  for small models that would otherwise see reward std 0 in every group.
+
+`parse_rating` is also what evaluation uses: the number inside the LAST rating block.
+Everything here is pure (standard library + `reczero.data.schema`) and linear in the text length:
+no regex that can backtrack, so a 1 MB completion costs milliseconds and nothing ever raises on text.
+The GRPO module turns these rewards into advantages; prompts.py writes the matching instruction.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from reczero.data.schema import RatingScale
+
+FOUR_STEP_TAGS: tuple[str, ...] = ("analyze user", "analyze item", "match", "rate")
+
+ANALYZE_USER_OPEN, ANALYZE_USER_CLOSE = "<analyze user>", "</analyze user>"
+ANALYZE_ITEM_OPEN, ANALYZE_ITEM_CLOSE = "<analyze item>", "</analyze item>"
+MATCH_OPEN, MATCH_CLOSE = "<match>", "</match>"
+RATE_OPEN, RATE_CLOSE = "<rate>", "</rate>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+
+# End-of-sequence strings that may survive decoding (skip_special_tokens=False); allowed after the last block.
+EOS_MARKERS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>", "<eos>")
+
+# ASCII digits only: str.isdigit / \d would also accept e.g. Arabic-Indic digits, which float() parses.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_STAR_SUFFIXES = ("stars", "star")
+EXACT_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Template:
+    """A completion layout: its tag names in order; the last one holds the rating, the others must be non-empty."""
+
+    name: str
+    tags: tuple[str, ...]
+
+    @property
+    def rating_tag(self) -> str:
+        return self.tags[-1]
+
+    @property
+    def n_tag_strings(self) -> int:
+        """Open plus close tags (8 for the four-step template)."""
+        return 2 * len(self.tags)
+
+
+TEMPLATES: dict[str, Template] = {
+    # The paper's "Think-before-Recommendation" layout.
+    "four_step": Template("four_step", FOUR_STEP_TAGS),
+    # Ablation: free reasoning then the rating.
+    "think_answer": Template("think_answer", ("think", "answer")),
+    # Ablation without reasoning: only `<answer>4</answer>` (same rating tag as think_answer, so the
+    # two ablations differ only by the reasoning block).
+    "answer_only": Template("answer_only", ("answer",)),
+}
+
+
+def get_template(name: str) -> Template:
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+def parse_number(content: str) -> float | None:
+    """The rating written in a block's content, or None.
+
+    Accepted (everything else is None): optional surrounding whitespace; an optional sign; ASCII
+    digits with an optional decimal point (``4``, ``4.5``, ``4.``, ``.5``, ``+4``, ``-0``); then
+    optionally whitespace and ``star``/``stars`` (any case). The result must be finite.
+    Rejected: fractions ``4/5``, ranges ``4-5``, words ``four``, several numbers ``4 or 5``,
+    exponents ``1e3``, thousands separators ``1,000``, decimal commas ``4,5``, ``nan``, ``inf``,
+    empty content, and any other text around the number (``Rating: 4``). Strict on purpose: the
+    prompt asks for the number alone, and a lenient parser would reward hedged answers.
+    """
+    text = content.strip()
+    for suffix in _STAR_SUFFIXES:
+        if text[-len(suffix) :].lower() == suffix:
+            text = text[: -len(suffix)].rstrip()
+            break
+    if not text or _NUMBER.fullmatch(text) is None:
+        return None
+    value = float(text)  # Cannot raise after the fullmatch; huge digit strings give inf.
+    return value if math.isfinite(value) else None
+
+
+def _last_block(text: str, tag: str) -> str | None:
+    """Content of the last complete ``<tag>...</tag>`` block: the last close and the last open before it."""
+    close_at = text.rfind(f"</{tag}>")
+    if close_at < 0:
+        return None
+    open_tag = f"<{tag}>"
+    open_at = text.rfind(open_tag, 0, close_at)
+    if open_at < 0:
+        return None
+    return text[open_at + len(open_tag) : close_at]
+
+
+def parse_rating(text: str, tag: str = "rate") -> float | None:
+    """The number inside the LAST ``<tag>...</tag>`` block of `text`, or None.
+
+    The last block is the one ending at the last ``</tag>``, opened by the last ``<tag>`` before it
+    (an unclosed trailing ``<tag>`` is ignored). Its content must be a single number as documented in
+    `parse_number`. The result is not checked against a scale. Never raises; linear time.
+    """
+    if not isinstance(text, str):
+        return None
+    content = _last_block(text, tag)
+    return None if content is None else parse_number(content)
+
+
+@dataclass(frozen=True)
+class FormatCheck:
+    """The outcome of `check_format`.
+
+    ok: the format passes. reason: "ok" or the first failure found (codes in `check_format`).
+    tags_found: how many of the template's open/close tag strings occur exactly once (0..tags_total),
+    the partial-credit signal. rating: the number in the last rating block (`parse_rating`), set even
+    when the format fails, None when unparsable; when ok it is also inside the scale.
+    """
+
+    ok: bool
+    reason: str
+    tags_found: int
+    rating: float | None
+    tags_total: int = 8
+
+
+def _trailing_is_clean(tail: str) -> bool:
+    """Whitespace and end-of-sequence markers only."""
+    for marker in EOS_MARKERS:
+        if marker in tail:
+            tail = tail.replace(marker, "")
+    return not tail.strip()
+
+
+def check_format(
+    text: str, scale: RatingScale, template: str = "four_step", allow_trailing_text: bool = False
+) -> FormatCheck:
+    """Check a completion against the template's format rule (method.md), first failure wins.
+
+    Checks, in this order, with the reason code reported for the first that fails:
+
+    1. each tag of the template, in template order, occurs exactly once as open and as close tag:
+       ``missing_tag:<name>`` (neither present), ``unclosed_tag:<name>`` (open only),
+       ``unopened_tag:<name>`` (close only), ``duplicate_tag:<name>`` (either occurs twice or more);
+    2. ``out_of_order``: the tags must read open1 < close1 < open2 < close2 < ..., which also rules
+       out nested and overlapping blocks;
+    3. ``empty_block:<name>``: every block but the rating block holds some non-whitespace text;
+    4. ``unparsable_rating``: the rating block's content is one number (`parse_number`);
+    5. ``rating_out_of_scale``: that number lies in ``[scale.low, scale.high]`` (continuous values allowed);
+    6. ``trailing_text``: after the last close tag only whitespace and `EOS_MARKERS` may follow,
+       unless `allow_trailing_text` (text after the answer is otherwise free, length-unbounded
+       rambling that the reward would never discourage).
+
+    Text before the first tag and between blocks is allowed (the paper's rule does not forbid it).
+    Tags are matched exactly and case-sensitively. Never raises on any string; linear time.
+    """
+    spec = get_template(template)
+    total = spec.n_tag_strings
+    if not isinstance(text, str):
+        return FormatCheck(False, "not_text", 0, None, total)
+    rating = parse_rating(text, spec.rating_tag)
+
+    counts = [(text.count(f"<{tag}>"), text.count(f"</{tag}>")) for tag in spec.tags]
+    found = sum((n_open == 1) + (n_close == 1) for n_open, n_close in counts)
+
+    def fail(reason: str) -> FormatCheck:
+        return FormatCheck(False, reason, found, rating, total)
+
+    for tag, (n_open, n_close) in zip(spec.tags, counts):
+        if n_open > 1 or n_close > 1:
+            return fail(f"duplicate_tag:{tag}")
+        if n_open == 0 and n_close == 0:
+            return fail(f"missing_tag:{tag}")
+        if n_close == 0:
+            return fail(f"unclosed_tag:{tag}")
+        if n_open == 0:
+            return fail(f"unopened_tag:{tag}")
+
+    # Each tag occurs exactly once now. Two tag strings never overlap (no "<" or ">" inside a tag),
+    # so comparing start positions is enough: open1 < close1 < open2 < close2 < ...
+    positions = [(text.find(f"<{tag}>"), text.find(f"</{tag}>")) for tag in spec.tags]
+    previous_close = -1
+    for open_at, close_at in positions:
+        if open_at < previous_close or close_at < open_at:
+            return fail("out_of_order")
+        previous_close = close_at
+    for tag, (open_at, close_at) in zip(spec.tags[:-1], positions[:-1]):
+        if not text[open_at + len(tag) + 2 : close_at].strip():
+            return fail(f"empty_block:{tag}")
+    if rating is None:
+        return fail("unparsable_rating")
+    if not scale.contains(rating):
+        return fail("rating_out_of_scale")
+    if not allow_trailing_text:
+        tail_start = positions[-1][1] + len(spec.rating_tag) + 3
+        if not _trailing_is_clean(text[tail_start:]):
+            return fail("trailing_text")
+    return FormatCheck(True, "ok", found, rating, total)
+
+
+@dataclass
+class RewardSpec:
+    """How completions are scored (the reward half of the RL config).
+
+    template: "four_step" (paper), "think_answer" or "answer_only" (ablations; see `TEMPLATES`).
+    rating_reward: "graded" = ``1 - |pred - true| / divisor`` (paper), or "exact" = `exact_correct`
+        when ``|pred - true| < 1e-6`` else `exact_wrong` (authors' ablation: +2 / -1.5).
+    divisor: a positive number, or "scale" for the scale's span (max - min). The paper's 2.0 on a
+        1-5 scale makes the graded term run from 1 (exact) to -1 (four stars off), i.e. a total of 2
+        down to 0; "scale" keeps the term in [0, 1] on any scale (use it on 1-10).
+    format_reward / format_penalty: the format component when the format passes / fails (+1 / -1).
+    format_shaping: partial credit on failure (0 = paper). A failing completion scores
+        ``format_penalty + format_shaping * (0.75 * tags_found / tags_total + 0.25 * rating_ok)``,
+        where tags_found counts tag strings present exactly once and rating_ok is 1 when the last
+        rating block parses to a number inside the scale. It grows monotonically with both and
+        peaks at ``format_penalty + format_shaping``, which must stay below the lowest passing
+        reward (checked by `validate_for`), so passing always beats failing.
+    clip_rating_reward: floor the graded term at 0. Off by default, keeping the paper's arithmetic
+        (four stars off on 1-5 gives a term of -1 and a total of 0).
+    allow_trailing_text: accept text after the last closing tag (see `check_format`).
+    """
+
+    template: str = "four_step"
+    rating_reward: str = "graded"
+    divisor: float | str = 2.0
+    format_reward: float = 1.0
+    format_penalty: float = -1.0
+    format_shaping: float = 0.0
+    clip_rating_reward: bool = False
+    exact_correct: float = 2.0
+    exact_wrong: float = -1.5
+    allow_trailing_text: bool = False
+
+    def __post_init__(self) -> None:
+        get_template(self.template)
+        if self.rating_reward not in ("graded", "exact"):
+            raise ValueError(f"rating_reward must be 'graded' or 'exact', got {self.rating_reward!r}")
+        if isinstance(self.divisor, str):
+            if self.divisor != "scale":
+                raise ValueError(f"divisor must be a positive number or 'scale', got {self.divisor!r}")
+        elif isinstance(self.divisor, bool) or not (math.isfinite(self.divisor) and self.divisor > 0):
+            raise ValueError(f"divisor must be a positive finite number or 'scale', got {self.divisor!r}")
+        for name in ("format_reward", "format_penalty", "format_shaping", "exact_correct", "exact_wrong"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+        if self.format_shaping < 0:
+            raise ValueError(f"format_shaping must be >= 0 (partial credit), got {self.format_shaping}")
+        if self.format_penalty >= self.format_reward:
+            raise ValueError(
+                f"format_penalty ({self.format_penalty}) must be below format_reward ({self.format_reward})"
+            )
+        if self.exact_wrong >= self.exact_correct:
+            raise ValueError(f"exact_wrong ({self.exact_wrong}) must be below exact_correct ({self.exact_correct})")
+
+    def divisor_for(self, scale: RatingScale) -> float:
+        return scale.span if self.divisor == "scale" else float(self.divisor)
+
+    def rating_term(self, prediction: float, target: float, scale: RatingScale) -> float:
+        """The rating component for a well-formatted prediction (both inside the scale)."""
+        error = abs(prediction - target)
+        if self.rating_reward == "exact":
+            return self.exact_correct if error < EXACT_TOLERANCE else self.exact_wrong
+        term = 1.0 - error / self.divisor_for(scale)
+        return max(term, 0.0) if self.clip_rating_reward else term
+
+    def failing_reward(self, tags_found: int, tags_total: int, rating_ok: bool) -> float:
+        """The total for a completion whose format fails (see `format_shaping`)."""
+        if self.format_shaping == 0.0:
+            return self.format_penalty
+        progress = 0.75 * min(max(tags_found, 0), tags_total) / tags_total + 0.25 * bool(rating_ok)
+        return self.format_penalty + self.format_shaping * progress
+
+    def passing_range(self, scale: RatingScale) -> tuple[float, float]:
+        """Lowest and highest total of a well-formatted completion on `scale`."""
+        worst = self.rating_term(scale.low, scale.high, scale)
+        best = self.rating_term(scale.low, scale.low, scale)
+        return self.format_reward + worst, self.format_reward + best
+
+    def bounds(self, scale: RatingScale) -> tuple[float, float]:
+        """(min, max) of `score(...).total` over every text and every target inside `scale`.
+
+        Paper defaults on 1-5: (-1, 2). Exact ablation: (-1, 3). Divisor "scale": (-1, 2) on any scale.
+        """
+        low_pass, high_pass = self.passing_range(scale)
+        return min(self.format_penalty, low_pass), max(self.format_penalty + self.format_shaping, high_pass)
+
+    def validate_for(self, scale: RatingScale) -> None:
+        """Raise when some failing completion would score at least as much as some passing one.
+
+        That happens with the paper's divisor 2 on a 1-10 scale (nine stars off: 1 + 1 - 4.5 = -2.5,
+        below the -1 penalty) or with too much `format_shaping`; the policy would then learn to break
+        the format whenever it is unsure.
+        """
+        low_pass, _ = self.passing_range(scale)
+        best_fail = self.format_penalty + self.format_shaping
+        if best_fail >= low_pass:
+            raise ValueError(
+                f"on the {scale.name} scale the worst well-formatted answer scores {low_pass:g} but a failed "
+                f"format can score {best_fail:g} (penalty {self.format_penalty:g} + shaping {self.format_shaping:g}); "
+                "use divisor='scale', clip_rating_reward=True, a lower format_penalty or less format_shaping"
+            )
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    """One completion's reward: total = format + rating.
+
+    format: format_reward when the format passes, else the (possibly shaped) failing reward.
+    rating: the rating term when the format passes, else 0. parsed: the rating read from the last
+    rating block (may be set when the format fails). reason: "ok" or the `check_format` reason.
+    """
+
+    total: float
+    format: float
+    rating: float
+    format_ok: bool
+    parsed: float | None
+    reason: str
+
+
+def score(completion: str, target: float, scale: RatingScale, spec: RewardSpec) -> RewardBreakdown:
+    """Score one completion against the true rating `target` (which must lie inside `scale`).
+
+    Never raises on the completion text; raises ValueError for a target outside the scale or a
+    spec that lets failing completions outscore passing ones on this scale (`validate_for`).
+    """
+    if not scale.contains(float(target)):
+        raise ValueError(f"target rating {target!r} is outside the {scale.name} scale")
+    spec.validate_for(scale)
+    return _score(completion, float(target), scale, spec)
+
+
+def _score(completion: str, target: float, scale: RatingScale, spec: RewardSpec) -> RewardBreakdown:
+    check = check_format(completion, scale, spec.template, spec.allow_trailing_text)
+    if not check.ok:
+        rating_ok = check.rating is not None and scale.contains(check.rating)
+        value = spec.failing_reward(check.tags_found, check.tags_total, rating_ok)
+        return RewardBreakdown(value, value, 0.0, False, check.rating, check.reason)
+    assert check.rating is not None
+    term = spec.rating_term(check.rating, target, scale)
+    return RewardBreakdown(spec.format_reward + term, spec.format_reward, term, True, check.rating, "ok")
+
+
+def score_batch(
+    completions: Sequence[str], targets: Sequence[float], scale: RatingScale, spec: RewardSpec
+) -> list[RewardBreakdown]:
+    """`score` for each (completion, target) pair; for GRPO, repeat each target once per sample."""
+    if len(completions) != len(targets):
+        raise ValueError(f"{len(completions)} completions but {len(targets)} targets")
+    spec.validate_for(scale)
+    for target in targets:
+        if not scale.contains(float(target)):
+            raise ValueError(f"target rating {target!r} is outside the {scale.name} scale")
+    return [_score(text, float(target), scale, spec) for text, target in zip(completions, targets)]

@@ -1,0 +1,239 @@
+"""Rollouts: G sampled completions per prompt, scored, with group advantages, as one typed record.
+
+`RolloutCallback` runs before every training batch: it switches the policy to eval mode, samples
+`group_size` completions of each prompt (shared prefill, see `generation`), scores them with the
+reward spec, computes GRPO advantages, switches back to train mode and hands the `RolloutRecord` to
+the module (`pl_module.rollout`). Group layout everywhere: prompt-major, rows b*G .. b*G+G-1 are
+prompt b's completions. A group never spans ranks: each rank samples the groups of its own prompts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, fields
+
+import lightning as L
+import torch
+
+from reczero import grpo, rewards
+from reczero.data.schema import RatingScale
+from reczero.generation import Generation, SamplingConfig, generate
+
+
+@dataclass
+class RolloutConfig(SamplingConfig):
+    """Sampling plus grouping. Used as `--model.rollout.<field>`.
+
+    group_size: completions per prompt (G); the paper uses 8.
+    advantage_scale: "group" (divide by the group's std, paper), "batch" or "none" (Dr. GRPO).
+    seed: seed of the sampling generator (offset by the rank); its state is checkpointed.
+    """
+
+    group_size: int = 8
+    advantage_scale: str = "group"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.group_size < 2:
+            raise ValueError(
+                f"rollout.group_size must be >= 2 (GRPO compares samples of a group), got {self.group_size}"
+            )
+        if self.advantage_scale not in grpo.ADVANTAGE_SCALES:
+            raise ValueError(f"rollout.advantage_scale must be one of {grpo.ADVANTAGE_SCALES}")
+        if self.temperature == 0:
+            raise ValueError("rollout.temperature 0 makes every sample of a group identical: nothing to learn")
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(**{f.name: getattr(self, f.name) for f in fields(SamplingConfig)})
+
+
+@dataclass
+class RolloutRecord:
+    """One step's rollouts (N = B * G rows, prompt-major).
+
+    input_ids:       [N, P + C] prompt (left-padded to P) followed by the completion (right-padded to C)
+    attention_mask:  [N, P + C] 1 on real tokens
+    completion_mask: [N, C] True on generated tokens (EOS / stop tokens included)
+    prompt_width:    P
+    rewards:         [N] total reward
+    components:      name -> [N] reward components ("format", "rating")
+    advantages:      [N]
+    format_ok:       [N] bool
+    predictions:     [N] parsed rating, NaN where none could be read
+    targets:         [N] the true rating of each row's prompt
+    truncated:       [N] True where the completion hit max_new_tokens without ending
+    sample_ids:      [B] dataset positions of the prompts
+    texts:           N decoded completions
+    group_size:      G
+    generation_seconds: wall time spent sampling
+    old_logp:        [N, C] rollout-time log-probs; filled only when a rollout is reused for several passes
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    prompt_width: int
+    rewards: torch.Tensor
+    components: dict[str, torch.Tensor]
+    advantages: torch.Tensor
+    format_ok: torch.Tensor
+    predictions: torch.Tensor
+    targets: torch.Tensor
+    truncated: torch.Tensor
+    sample_ids: torch.Tensor
+    texts: list[str]
+    group_size: int
+    generation_seconds: float = 0.0
+    old_logp: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_width :]  # [N, C]
+
+    def to(self, device: torch.device | str) -> RolloutRecord:
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value.to(device)
+            elif isinstance(value, dict):
+                value = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in value.items()}
+            moved[f.name] = value
+        return RolloutRecord(**moved)
+
+
+def score_texts(
+    texts: list[str], targets: list[float], scale: RatingScale, spec: rewards.RewardSpec
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """(rewards [N], components, format_ok [N], predictions [N] NaN when unparsable)."""
+    scored = rewards.score_batch(texts, targets, scale, spec)
+    total = torch.tensor([s.total for s in scored], dtype=torch.float32)
+    components = {
+        "format": torch.tensor([s.format for s in scored], dtype=torch.float32),
+        "rating": torch.tensor([s.rating for s in scored], dtype=torch.float32),
+    }
+    ok = torch.tensor([s.format_ok for s in scored], dtype=torch.bool)
+    preds = torch.tensor([s.parsed if s.parsed is not None else math.nan for s in scored], dtype=torch.float32)
+    return total, components, ok, preds
+
+
+def build_rollout(
+    model,
+    tokenizer,
+    batch: dict[str, torch.Tensor],
+    cfg: RolloutConfig,
+    spec: rewards.RewardSpec,
+    scale: RatingScale,
+    generator: torch.Generator | None = None,
+    response_prefix: str = "",
+) -> RolloutRecord:
+    """Sample, score and compute advantages for one prompt batch (the model is used as is).
+
+    `response_prefix` (already at the end of each prompt) is scored together with each completion.
+    """
+    start = time.perf_counter()
+    gen = generate(
+        model, tokenizer, batch["input_ids"], batch["attention_mask"], cfg.group_size, cfg.sampling(), generator
+    )
+    return record_from_generation(batch, gen, cfg, spec, scale, response_prefix, time.perf_counter() - start)
+
+
+def record_from_generation(
+    batch: dict[str, torch.Tensor],
+    gen: Generation,
+    cfg: RolloutConfig,
+    spec: rewards.RewardSpec,
+    scale: RatingScale,
+    response_prefix: str = "",
+    generation_seconds: float = 0.0,
+) -> RolloutRecord:
+    """Score `gen` (B * G completions, prompt-major) against the batch's targets into a record."""
+    group = cfg.group_size
+    targets = batch["target"].repeat_interleave(group)  # [N]
+    texts = [response_prefix + t for t in gen.texts]
+    total, components, ok, preds = score_texts(texts, targets.tolist(), scale, spec)
+    advantages = grpo.group_advantages(total, group, cfg.advantage_scale)  # [N]
+    prompt_ids = batch["input_ids"].repeat_interleave(group, dim=0)  # [N, P]
+    prompt_mask = batch["attention_mask"].repeat_interleave(group, dim=0)  # [N, P]
+    completion_mask = gen.completion_mask  # [N, C]
+    device = prompt_ids.device
+    return RolloutRecord(
+        input_ids=torch.cat([prompt_ids, gen.tokens.to(device)], dim=1),
+        attention_mask=torch.cat([prompt_mask, completion_mask.long().to(device)], dim=1),
+        completion_mask=completion_mask.to(device),
+        prompt_width=prompt_ids.shape[1],
+        rewards=total.to(device),
+        components={k: v.to(device) for k, v in components.items()},
+        advantages=advantages.to(device),
+        format_ok=ok.to(device),
+        predictions=preds.to(device),
+        targets=targets.float(),
+        truncated=~gen.finished.to(device),
+        sample_ids=batch["sample_id"],
+        texts=texts,
+        group_size=group,
+        generation_seconds=generation_seconds,
+    )
+
+
+class RolloutCallback(L.Callback):
+    """Samples the rollout of each training batch before `training_step` sees it.
+
+    The sampling generator's state is part of the checkpoint, so a resumed run samples exactly what
+    the uninterrupted run would have.
+    """
+
+    def __init__(self, cfg: RolloutConfig, spec: rewards.RewardSpec):
+        self.cfg, self.spec = cfg, spec
+        self.generator: torch.Generator | None = None
+        self._pending_state: torch.Tensor | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "RolloutCallback"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.datamodule is not None:
+            batch = trainer.datamodule.batch_size
+            if batch < 1:
+                raise ValueError(f"data.batch_size must be >= 1, got {batch}")
+
+    def _generator(self, device: torch.device, rank: int) -> torch.Generator:
+        if self.generator is None or self.generator.device != device:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.cfg.seed + 1_000_003 * rank)
+            if self._pending_state is not None:
+                gen.set_state(self._pending_state)
+                self._pending_state = None
+            self.generator = gen
+        return self.generator
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        model = pl_module.policy
+        was_training = model.training
+        model.eval()
+        try:
+            record = build_rollout(
+                model,
+                pl_module.tokenizer,
+                batch,
+                self.cfg,
+                self.spec,
+                pl_module.scale,
+                self._generator(batch["input_ids"].device, trainer.global_rank),
+                pl_module.response_prefix,
+            )
+        finally:
+            model.train(was_training)
+        pl_module.rollout = record
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state() if self.generator is not None else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("generator") is not None:
+            self._pending_state = state_dict["generator"]
+            self.generator = None

@@ -1,0 +1,180 @@
+"""GRPOModule on the tiny policy: the shared-prefix forward, one real optimisation step, the CLI."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from tiny import perturb_lora
+
+from reczero import rewards
+from reczero.data.datamodule import RatingDataModule
+from reczero.data.samples import SampleConfig
+from reczero.data.sources import SourceConfig
+from reczero.generation import Generation
+from reczero.modules.grpo_module import GRPOModule, completion_logprobs, shared_prefix_logprobs
+from reczero.policy import PolicyConfig
+from reczero.rollout import RolloutCallback, RolloutConfig, record_from_generation
+
+
+def _scripted_generation(tokenizer, texts: list[str], finished: list[bool]) -> Generation:
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    width = max(len(i) for i in ids)
+    tokens = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    for row, seq in enumerate(ids):
+        tokens[row, : len(seq)] = torch.tensor(seq)
+    lengths = torch.tensor([len(i) for i in ids])
+    return Generation(tokens, lengths, torch.tensor(finished), texts)
+
+
+GOOD = "<analyze user>likes drama</analyze user><analyze item>a drama</analyze item><match>fits</match><rate>{}</rate>"
+SCRIPT = [GOOD.format(4), GOOD.format(2), "no tags at all", GOOD.format(5)]  # one prompt's group of 4
+
+
+def _prompt_batch(tokenizer, n_prompts: int = 2) -> dict[str, torch.Tensor]:
+    enc = tokenizer(
+        ["a short prompt", "a somewhat longer prompt about films"][:n_prompts], padding=True, return_tensors="pt"
+    )
+    return {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "target": torch.tensor([4.0, 3.0][:n_prompts]),
+        "fallback": torch.tensor([3.5, 3.5][:n_prompts]),
+        "sample_id": torch.arange(n_prompts),
+        "history_len": torch.tensor([5, 5][:n_prompts]),
+    }
+
+
+def test_scripted_rewards_advantages_and_loss(tiny_tokenizer):
+    from reczero.data.schema import SCALES
+
+    cfg = RolloutConfig(group_size=4)
+    batch = _prompt_batch(tiny_tokenizer, 1)
+    record = record_from_generation(
+        batch, _scripted_generation(tiny_tokenizer, SCRIPT, [True] * 4), cfg, rewards.RewardSpec(), SCALES["1-5"]
+    )
+    # target 4: rewards 2.0, 1.0, -1.0, 1.5 (format +1 plus 1 - |err| / 2; failed format -1)
+    assert record.rewards.tolist() == pytest.approx([2.0, 1.0, -1.0, 1.5])
+    mean, std = 0.875, torch.tensor([2.0, 1.0, -1.0, 1.5]).std().item()
+    assert record.advantages.tolist() == pytest.approx(
+        [(r - mean) / (std + 1e-4) for r in [2.0, 1.0, -1.0, 1.5]], rel=1e-5
+    )
+    assert record.format_ok.tolist() == [True, True, False, True]
+    assert math.isnan(record.predictions[2].item()) and record.predictions[0].item() == 4.0
+    assert record.completion_mask.sum(-1).tolist() == [len(tiny_tokenizer(t)["input_ids"]) + 1 for t in SCRIPT]
+
+
+@pytest.mark.parametrize("left_pad", [True, False])
+def test_shared_prefix_matches_unshared_forward_and_gradients(tiny_tokenizer, tiny_policy, left_pad):
+    from reczero.data.schema import SCALES
+
+    perturb_lora(tiny_policy, scale=0.05)
+    cfg = RolloutConfig(group_size=4)
+    batch = _prompt_batch(tiny_tokenizer, 2 if left_pad else 1)
+    texts = SCRIPT * batch["input_ids"].shape[0]
+    gen = _scripted_generation(tiny_tokenizer, texts, [True] * len(texts))
+    record = record_from_generation(batch, gen, cfg, rewards.RewardSpec(), SCALES["1-5"])
+    rows = slice(0, len(texts))
+    results = []
+    for fn in (completion_logprobs, shared_prefix_logprobs):
+        tiny_policy.zero_grad()
+        logp = fn(tiny_policy, record, rows, 0.9)
+        (logp * record.completion_mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in tiny_policy.named_parameters() if p.requires_grad}
+        results.append((logp.detach(), grads))
+    (logp_a, grads_a), (logp_b, grads_b) = results
+    mask = record.completion_mask
+    torch.testing.assert_close(logp_a[mask], logp_b[mask], rtol=1e-5, atol=1e-5)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+class _ScriptedRollout(RolloutCallback):
+    """The real record path (scoring, advantages) on scripted completions instead of sampled ones."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        texts = SCRIPT * batch["input_ids"].shape[0]
+        gen = _scripted_generation(pl_module.tokenizer, texts, [True] * len(texts))
+        pl_module.rollout = record_from_generation(batch, gen, self.cfg, self.spec, pl_module.scale)
+
+
+class _ScriptedGRPO(GRPOModule):
+    def configure_callbacks(self):
+        return [_ScriptedRollout(self.rollout_config, self.reward_spec)]
+
+
+def _tiny_data(tmp_path, **kwargs) -> RatingDataModule:
+    return RatingDataModule(
+        source=SourceConfig(format="synthetic", synthetic_users=30, synthetic_items=20, synthetic_ratings_per_user=8),
+        samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 4, "test": 4}),
+        max_prompt_tokens=2048,
+        cache_dir=str(tmp_path / "cache"),
+        **kwargs,
+    )
+
+
+def test_one_grpo_step_moves_lora_only(tmp_path, tiny_model_dir):
+    module = _ScriptedGRPO(
+        policy=PolicyConfig(model=str(tiny_model_dir), lora_r=4, lora_alpha=8),
+        rollout=RolloutConfig(group_size=4),
+        learning_rate=1e-2,
+        micro_batch_size=4,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
+        limit_val_batches=0, enable_progress_bar=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    data = _tiny_data(tmp_path, batch_size=2)
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 1
+    moved = {n for n, p in module.policy.named_parameters() if not torch.equal(p.detach(), before[n])}
+    trainable = {n for n, p in module.policy.named_parameters() if p.requires_grad}
+    assert moved and moved <= trainable, "only LoRA weights may change"
+    assert any("lora_B" in n for n in moved)
+
+
+def test_incompatible_settings_are_rejected_at_start():
+    with pytest.raises(ValueError, match="group_size"):
+        RolloutConfig(group_size=1)
+    with pytest.raises(ValueError, match="temperature 0"):
+        RolloutConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        GRPOModule(micro_batch_size=0)
+
+
+def test_fit_fast_dev_run_through_the_cli(tmp_path, tiny_model_dir):
+    from reczero.cli import main
+
+    out = tmp_path / "run"
+    main(
+        [
+            "fit",
+            "--config=configs/grpo.yaml",
+            f"--model.init_args.policy.model={tiny_model_dir}",
+            "--model.init_args.rollout.max_new_tokens=8",
+            "--model.init_args.val_max_new_tokens=8",
+            f"--model.init_args.adapter_dir={out / 'adapter'}",
+            f"--data.cache_dir={tmp_path / 'cache'}",
+            "--data.source.synthetic_users=30",
+            "--data.source.synthetic_items=20",
+            "--data.samples.min_history=2",
+            f"--trainer.default_root_dir={out}",
+            f"--trainer.logger.init_args.save_dir={out}",
+            f"--trainer.callbacks.init_args.dirpath={out}",
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert (out / "last.ckpt").exists()
+    events = list((out / "tb").glob("events.out.tfevents.*"))
+    assert events, "TensorBoard event file expected"
+    ckpt = torch.load(out / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert all("lora_" in k for k in ckpt["state_dict"]), "checkpoints hold the adapter only"

@@ -1,0 +1,171 @@
+"""Tiny, download-free stand-ins for the real tokenizer and policy, built in-process for tests.
+
+Everything here is deterministic and takes milliseconds (the tokenizer) to ~0.1 s (the model):
+
+- `make_tiny_tokenizer()`: a byte-level BPE tokenizer (any text round-trips through encode/decode
+  exactly, so reward parsing sees what the model wrote) trained on a small corpus holding the
+  RecZero tags (`<analyze user>` ... `</rate>`), digits and common English. ChatML chat template
+  with system/user/assistant roles and `add_generation_prompt`. Special tokens: bos `<s>`,
+  eos `<|im_end|>` (the end-of-turn token, as in SmolLM2), pad `<pad>` (distinct from eos, so a
+  pad/eos mix-up shows in tests), plus `<|im_start|>`. Padding side is left, as for generation.
+- `make_tiny_tokenizer(system_role=False)`: same vocabulary, but the chat template raises on a
+  system message and on roles that do not alternate user/assistant (like Gemma's): use it to
+  test that the system prompt is merged into the first user turn.
+- `make_tiny_llama(tokenizer)`: a seeded 2-layer Llama (hidden 64, 4 heads, 2 KV heads) whose
+  vocabulary matches the tokenizer; embeddings tied to the LM head like SmolLM2.
+- `save_tiny_checkpoint(dir)`: writes both to a folder, so `PolicyConfig(model=str(dir))` can load
+  them the way it loads a hub model (used for the 4-bit and path-loading tests).
+- `perturb_lora(model)`: LoRA B starts at zero, so a fresh adapter changes nothing; this fills the
+  adapter with small random values so adapter-on and adapter-off outputs differ.
+
+The pytest fixtures over these live in `tests/conftest.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+BOS, EOS, PAD, IM_START = "<s>", "<|im_end|>", "<pad>", "<|im_start|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, IM_START]
+VOCAB_SIZE = 640
+
+TAGS = [
+    "<analyze user>",
+    "</analyze user>",
+    "<analyze item>",
+    "</analyze item>",
+    "<match>",
+    "</match>",
+    "<rate>",
+    "</rate>",
+]
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
+    "{{ raise_exception('Unknown role: ' + message['role']) }}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+# Gemma-like: no system role, strict user/assistant alternation starting with the user.
+NO_SYSTEM_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{{ raise_exception('System role not supported') }}"
+    "{%- endif -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def _corpus() -> list[str]:
+    """A few hundred lines of the text the project's prompts and completions are made of."""
+    english = (
+        "You are a helpful assistant that predicts how a user will rate a movie. "
+        "The user has rated the following movies. Think about the user, the item and how well they match, "
+        "then give a rating between 1 and 5. The user likes action, comedy, drama, romance and thriller films; "
+        "the item is a classic from the year 1995 with a strong story and good actors. "
+        "Rating history: Toy Story (1995): 5. GoldenEye (1995): 3. Four Rooms (1995): 4. Get Shorty (1995): 3. "
+        "The average rating of this user is 3.6 and of this item is 4.1. Answer in the required format. "
+        "I think this user would enjoy it because of the genre, but the pace is slow. "
+        "Hello world! What is the weather today? It is a sunny day, isn't it?"
+    )
+    tagged = (
+        "<analyze user> The user enjoys comedies and dislikes horror. </analyze user> "
+        "<analyze item> A light comedy with a famous cast. </analyze item> "
+        "<match> The item fits the user's taste well. </match> <rate> 4 </rate>"
+    )
+    lines = [english, tagged, " ".join(TAGS)]
+    lines += [f"<rate>{r}</rate> <rate> {r} </rate> rating {r}.{d} {r}{d}" for r in range(1, 6) for d in range(10)]
+    lines += [" ".join(str(i) for i in range(start, start + 50)) for start in range(0, 2000, 50)]
+    return lines * 4
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer_json() -> str:
+    """Train the byte-level BPE once per process; wrappers are then built from this JSON in ~1 ms."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return tok.to_str()
+
+
+def make_tiny_tokenizer(system_role: bool = True) -> PreTrainedTokenizerFast:
+    """A fresh tiny tokenizer (safe to mutate); `system_role=False` gives the Gemma-like template."""
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()),
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START],
+        padding_side="left",
+        model_max_length=2048,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE if system_role else NO_SYSTEM_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama_config(tokenizer: PreTrainedTokenizerFast, **overrides) -> LlamaConfig:
+    """The tiny Llama's config; `overrides` replace any field (e.g. `tie_word_embeddings=False`)."""
+    kwargs = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def make_tiny_llama(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **overrides) -> LlamaForCausalLM:
+    """A seeded fp32 tiny Llama in eval mode; the global RNG state is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(tiny_llama_config(tokenizer, **overrides))
+    return model.eval()
+
+
+def save_tiny_checkpoint(path: str | Path, seed: int = 0, system_role: bool = True, **overrides) -> Path:
+    """Write a tiny tokenizer + tiny Llama (safetensors) to `path`, loadable like any hub checkpoint."""
+    path = Path(path)
+    tokenizer = make_tiny_tokenizer(system_role=system_role)
+    make_tiny_llama(tokenizer, seed=seed, **overrides).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@torch.no_grad()
+def perturb_lora(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:
+    """Fill every LoRA A/B matrix with seeded noise (in place), so the adapter changes the outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if "lora_A" in name or "lora_B" in name:
+            noise = torch.randn(param.shape, generator=gen) * scale
+            param.copy_(noise.to(param.device, param.dtype))
+    return model
