@@ -2,6 +2,14 @@
 
   reczero fit|validate|test --config configs/grpo.yaml [--model.x=...] [--trainer.y=...]   LightningCLI
   reczero data stats|preview [--config FILE] [--format F --path P ...]                       data checks
+  reczero evaluate [--config FILE] [--adapter DIR | --ckpt FILE] [--split test] [--limit N]
+                   [--decoding greedy|expected|self_consistency] [--output preds.jsonl]       LLM metrics
+  reczero baselines [--config FILE] [--format F --path P] [--output baselines.json]           classical baselines
+  reczero report --inputs a.json b.json [--runs checkpoints/run ...] --out DIR                markdown + plots
+  reczero predict --requests requests.jsonl [--config FILE] [--adapter DIR | --ckpt FILE]     ratings as JSONL
+
+`--config` takes a fit YAML (or a run's saved config.yaml) and uses its `data:` section (evaluate and
+predict also its `model.init_args.policy` / `reward` / `val_max_new_tokens`); `--data.*` etc. override it.
 
 Heavy imports (lightning, transformers, peft) happen inside the commands that need them.
 """
@@ -11,7 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = ("fit", "validate", "test")  # `predict` is reczero.predict, not LightningCLI's
 
 
 def lightning_cli(args: list[str] | None) -> None:
@@ -50,20 +58,8 @@ def _data_parser():
 
 
 def data_command(args: list[str]) -> None:
-    import yaml
-
     parser = _data_parser()
-    if "--config" in args:  # take only the data section of a full fit config
-        i = args.index("--config")
-        with open(args[i + 1]) as fh:
-            section = (yaml.safe_load(fh) or {}).get("data", {})
-        args = args[:i] + args[i + 2 :]
-        parser.set_defaults({f"data.{k}": v for k, v in _flatten(section).items()})
-    cfg = parser.parse_args(args)
-    if cfg.format:
-        cfg.data.source.format = cfg.format
-    if cfg.path:
-        cfg.data.source.path = cfg.path
+    cfg = parse_with_config(parser, args)
     init = parser.instantiate_classes(cfg)
     dm = init.data
     from reczero.data.stats import data_stats, format_stats, preview
@@ -73,6 +69,55 @@ def data_command(args: list[str]) -> None:
         print(format_stats(data_stats(dm, tokenizer)))
     else:
         print("\n\n".join(preview(dm, tokenizer, cfg.split, cfg.count, cfg.seed)))
+
+
+def add_data_arguments(parser) -> None:
+    """`--config`, `--format`, `--path` and `--data.*` (the RatingDataModule's arguments) on `parser`."""
+    from reczero.data.datamodule import RatingDataModule
+
+    parser.add_argument("--config", type=str, default=None, help="a fit YAML (its `data:` section is used)")
+    parser.add_argument("--format", type=str, default=None, help="shortcut for --data.source.format")
+    parser.add_argument("--path", type=str, default=None, help="shortcut for --data.source.path")
+    parser.add_class_arguments(RatingDataModule, "data")
+
+
+def parse_with_config(parser, args: list[str], sections: tuple[tuple[str, str], ...] = (("data", "data"),)):
+    """Parse `args`; with `--config FILE`, sections of that fit YAML become defaults first.
+
+    `sections` maps a dotted YAML path to a parser key, e.g. ("model.init_args.policy", "policy"): a
+    mapping there becomes `policy.<field>` defaults, a plain value the default of the key itself.
+    Missing sections are skipped. `--format` / `--path` then override `data.source.*`.
+    """
+    import yaml
+
+    args = list(args)
+    path = None
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            path, args = args[i + 1], args[:i] + args[i + 2 :]
+            break
+        if arg.startswith("--config="):
+            path, args = arg.split("=", 1)[1], args[:i] + args[i + 1 :]
+            break
+    if path is not None:
+        with open(path) as fh:
+            full = yaml.safe_load(fh) or {}
+        defaults = {}
+        for dotted, key in sections:
+            value = full
+            for part in dotted.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if isinstance(value, dict):
+                defaults.update({f"{key}.{k}": v for k, v in _flatten(value).items()})
+            elif value is not None:
+                defaults[key] = value
+        parser.set_defaults(defaults)
+    cfg = parser.parse_args(args)
+    if getattr(cfg, "format", None):
+        cfg.data.source.format = cfg.format
+    if getattr(cfg, "path", None):
+        cfg.data.source.path = cfg.path
+    return cfg
 
 
 def _flatten(section: dict, prefix: str = "") -> dict:
@@ -107,6 +152,22 @@ def main(argv: list[str] | None = None) -> None:
         lightning_cli(None if argv is None else args)
     elif command == "data":
         data_command(rest)
+    elif command == "evaluate":
+        from reczero.evaluate import main as evaluate_main
+
+        evaluate_main(rest)
+    elif command == "baselines":
+        from reczero.evaluate import baselines_main
+
+        baselines_main(rest)
+    elif command == "report":
+        from reczero.report import main as report_main
+
+        report_main(rest)
+    elif command == "predict":
+        from reczero.predict import main as predict_main
+
+        predict_main(rest)
     else:
         print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)

@@ -65,6 +65,8 @@ def truncate(text: str | None, limit: int) -> str | None:
     if not text or limit <= 0:
         return None
     text = " ".join(text.split())
+    if not text:
+        return None
     if len(text) <= limit:
         return text
     cut = text[: limit - 1].rsplit(" ", 1)[0] if " " in text[: limit - 1] else text[: limit - 1]

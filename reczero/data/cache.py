@@ -82,7 +82,7 @@ def _store(folder: Path, data: InteractionData, table: SampleTable) -> None:
                 "timestamp": [r.timestamp for r in rows],
                 "review": [r.review for r in rows],
             }
-        ).save_to_disk(str(tmp / "interactions"))
+        ).save_to_disk(str(tmp / "interactions"), **_shards(len(rows)))
         items = list(data.items.values())
         Dataset.from_dict(
             {
@@ -94,8 +94,8 @@ def _store(folder: Path, data: InteractionData, table: SampleTable) -> None:
                 "description": [i.description for i in items],
                 "year": [i.year for i in items],
             }
-        ).save_to_disk(str(tmp / "items"))
-        Dataset.from_dict(table.columns()).save_to_disk(str(tmp / "samples"))
+        ).save_to_disk(str(tmp / "items"), **_shards(len(items)))
+        Dataset.from_dict(table.columns()).save_to_disk(str(tmp / "samples"), **_shards(len(table)))
         meta = {
             "name": data.name,
             "scale": [data.scale.low, data.scale.high, data.scale.step],
@@ -109,6 +109,11 @@ def _store(folder: Path, data: InteractionData, table: SampleTable) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _shards(rows: int) -> dict:
+    """`datasets` writes no shard for an empty table and then cannot load it back: keep one file then."""
+    return {"num_shards": 1} if rows == 0 else {}
 
 
 def _load(folder: Path) -> tuple[InteractionData, SampleTable]:

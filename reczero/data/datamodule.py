@@ -230,7 +230,7 @@ class RatingDataModule(L.LightningDataModule):
             raise RuntimeError("RatingDataModule needs the policy's tokenizer: call set_tokenizer() first")
         if self._renderer is None:
             self._renderer = PromptRenderer(
-                self.tokenizer, self.max_prompt_tokens, self.review_chars, self.system_prompt
+                self.tokenizer, self.max_prompt_tokens, self.review_chars, self.system_prompt, self.response_prefix
             )
         return self._renderer
 

@@ -109,9 +109,7 @@ class PromptRenderer:
 
     def render_text(self, inp: prompts.PromptInput, review_chars: int) -> str:
         content = prompts.user_message(inp, review_chars)
-        if self._prefix is not None:
-            if self.system_merged and self.system_prompt:
-                content = f"{self.system_prompt}\n\n{content}"
+        if self._prefix is not None:  # a merged system prompt is already inside the prefix
             return self._prefix + content + self._suffix + self.response_prefix
         messages = prompts.build_messages(inp, review_chars, self.system_prompt)
         text = self._chat(prompts.merge_system(messages) if self.system_merged else messages)

@@ -1,0 +1,270 @@
+"""Turning a policy into ratings: greedy, expected (probability-weighted) and self-consistency decoding.
+
+Used by `reczero evaluate` and `reczero predict` on left-padded prompt batches (`input_ids [B, P]`):
+
+- `greedy` (the paper's protocol): one greedy completion; the rating is the number in the LAST
+  rating block (`rewards.parse_rating`), None when it does not parse to a value inside the scale.
+- `expected`: greedy reasoning, then the model's own distribution over the rating at the rating
+  block: the prompt plus the completion up to and including the last `<rate>` (and the whitespace
+  the model wrote after it, where that ends on a token boundary) gets ONE forward pass; the softmax
+  probabilities of the scale values' tokens are summed per value, renormalised over those values
+  and averaged: ``sum_v v * p(v) / sum_v p(v)``. `rate_mass` records ``sum_v p(v)`` before
+  renormalising (how much of the distribution the rating tokens held). Without a `<rate>` in the
+  completion the greedy parse is used.
+  Only values written as ONE token are covered (`rating_candidates`): "1".."5" on a 1-5 scale; on a
+  half-star scale the halves ("4.5" is three tokens) are not, and "4" then also carries the mass of
+  "4.5" (the expectation is over whole stars); "10" is two tokens in many tokenizers. The covered
+  values are reported; fewer than two covered values is an error.
+- `self_consistency`: `samples` completions at `temperature`; the rating is the mean of the
+  parsable, in-scale ratings among them (unparsable samples are ignored; None when none parse).
+
+This module imports torch and `reczero.generation` only; models come in from the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from reczero import prompts, rewards
+from reczero.data.schema import RatingScale
+from reczero.generation import SamplingConfig, generate
+
+log = logging.getLogger(__name__)
+
+MODES = ("greedy", "expected", "self_consistency")
+
+
+@dataclass
+class DecodeConfig:
+    """How ratings are decoded (`--decoding`, `--samples`, `--temperature`, ...).
+
+    mode: greedy | expected | self_consistency (module docstring).
+    max_new_tokens: completion budget per sample.
+    samples / temperature / top_p: self_consistency only.
+    template: the reward template naming the rating tag (`rewards.TEMPLATES`), e.g. four_step -> `<rate>`.
+    allow_trailing_text: the format check's tolerance for text after the last block (`rewards.check_format`).
+    seed: self_consistency sampling seed.
+    """
+
+    mode: str = "greedy"
+    max_new_tokens: int = 256
+    samples: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    template: str = "four_step"
+    allow_trailing_text: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"decoding must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if self.mode == "self_consistency" and self.temperature <= 0:
+            raise ValueError("self_consistency needs temperature > 0 (at 0 every sample is the greedy one)")
+        rewards.get_template(self.template)
+
+    @property
+    def rating_tag(self) -> str:
+        return rewards.get_template(self.template).rating_tag
+
+    @property
+    def num_samples(self) -> int:
+        return self.samples if self.mode == "self_consistency" else 1
+
+    def sampling(self) -> SamplingConfig:
+        temperature = self.temperature if self.mode == "self_consistency" else 0.0
+        return SamplingConfig(
+            temperature=temperature,
+            top_p=self.top_p if temperature > 0 else 1.0,
+            max_new_tokens=self.max_new_tokens,
+            stop_strings=(f"</{self.rating_tag}>",),
+        )
+
+
+@dataclass
+class Decoded:
+    """One prompt's decoded rating.
+
+    prediction: the rating (inside the scale) or None when nothing parsed (the caller's fallback applies).
+    completions: the sampled texts with the response prefix in front (1, or `samples` for self_consistency).
+    parsed: the number parsed from each completion's last rating block (not scale-checked), or None.
+    format_ok: `rewards.check_format` of each completion.
+    finished: each completion ended by EOS or the stop string (False: it hit max_new_tokens).
+    rate_mass: expected mode: probability of the covered rating tokens at the rating position; else None.
+    """
+
+    prediction: float | None
+    completions: list[str]
+    parsed: list[float | None]
+    format_ok: list[bool]
+    finished: list[bool]
+    rate_mass: float | None = None
+
+
+@dataclass
+class RatingCandidates:
+    """Rating values written as one token: `token_ids [K]` and the value each stands for `values [K]`."""
+
+    token_ids: torch.Tensor
+    values: torch.Tensor
+    covered: list[float] = field(default_factory=list)
+    missing: list[float] = field(default_factory=list)
+
+
+def rating_candidates(tokenizer, scale: RatingScale) -> RatingCandidates:
+    """The single tokens that write each scale value, bare ("4") or after a space (" 4").
+
+    A value whose text is several tokens in both forms is left out (listed in `missing`).
+    """
+    ids: list[int] = []
+    values: list[float] = []
+    covered, missing = [], []
+    owner: dict[int, float] = {}
+    for value in scale.values():
+        text = prompts.format_rating(value, scale)
+        found = False
+        for variant in (text, " " + text):
+            tok = tokenizer.encode(variant, add_special_tokens=False)
+            if len(tok) != 1 or tokenizer.decode(tok) != variant:
+                continue
+            if tok[0] in owner:  # cannot happen for distinct texts; guard against odd vocabularies
+                continue
+            owner[tok[0]] = value
+            ids.append(tok[0])
+            values.append(value)
+            found = True
+        (covered if found else missing).append(value)
+    if len(covered) < 2:
+        raise ValueError(
+            f"expected decoding needs at least two {scale.name} values written as single tokens; "
+            f"this tokenizer covers {covered or 'none'}: use greedy or self_consistency decoding"
+        )
+    return RatingCandidates(
+        torch.tensor(ids, dtype=torch.long), torch.tensor(values, dtype=torch.float64), covered, missing
+    )
+
+
+def expected_from_logits(logits: torch.Tensor, candidates: RatingCandidates) -> tuple[float | None, float]:
+    """logits [V] at the rating position -> (probability-weighted rating, mass on the candidates).
+
+    ``p = softmax(logits)``; ``E = sum_k v_k p_k / sum_k p_k`` over the candidate tokens k (two
+    tokens of one value simply add up). None when the candidates hold no probability at all.
+    """
+    probs = logits.double().softmax(dim=-1)[candidates.token_ids.to(logits.device)].cpu()  # [K]
+    mass = float(probs.sum())
+    if mass <= 0.0:
+        return None, 0.0
+    return float((probs * candidates.values).sum() / mass), mass
+
+
+def mean_rating(parsed: list[float | None], scale: RatingScale) -> float | None:
+    """Self-consistency: the mean of the parsable ratings inside the scale; None when there are none."""
+    valid = [p for p in parsed if p is not None and scale.contains(p)]
+    return sum(valid) / len(valid) if valid else None
+
+
+def _rate_context(
+    tokens: list[int], completion: str, prefix: str, tokenizer, open_tag: str
+) -> tuple[list[int] | None, bool]:
+    """The completion tokens to append to the prompt so the next token is the rating.
+
+    Returns (tokens, found): found is False when no `open_tag` is in prefix + completion. The cut is
+    after the last `open_tag` plus the whitespace the model wrote after it, or right after the tag,
+    whichever falls on a boundary of the generated tokens (the model's own tokenisation); if neither
+    does (a token spans the tag's end), the text up to the tag is re-tokenised.
+    """
+    full = prefix + completion
+    at = full.rfind(open_tag)
+    if at < 0:
+        return None, False
+    end = at + len(open_tag) - len(prefix)  # in completion characters
+    if end == 0:  # the tag closes the response prefix: the prompt alone is the context
+        return [], True
+    if end < 0:  # inside the prefix, with more prefix after it: no clean cut, use the greedy parse
+        return None, False
+    spaced = end + len(completion[end:]) - len(completion[end:].lstrip())
+    texts = {tokenizer.decode(tokens[:k], skip_special_tokens=True): k for k in range(len(tokens) + 1)}
+    for cut in (spaced, end):
+        if completion[:cut] in texts:
+            return tokens[: texts[completion[:cut]]], True
+    return tokenizer.encode(completion[:end], add_special_tokens=False), True
+
+
+@torch.no_grad()
+def last_logits(model, contexts: list[list[int]], pad_id: int, device) -> torch.Tensor:
+    """One forward over left-padded token lists: the logits at each one's last position [N, V]."""
+    width = max(len(c) for c in contexts)
+    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)  # [N, L]
+    mask = torch.zeros_like(ids)  # [N, L]
+    for row, ctx in enumerate(contexts):
+        ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
+        mask[row, width - len(ctx) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [N, L]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+    return out.logits[:, -1, :]  # [N, V]
+
+
+@torch.no_grad()
+def decode_batch(
+    model,
+    tokenizer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cfg: DecodeConfig,
+    scale: RatingScale,
+    response_prefix: str = "",
+    generator: torch.Generator | None = None,
+    candidates: RatingCandidates | None = None,
+) -> list[Decoded]:
+    """Decode a rating for each left-padded prompt (`input_ids [B, P]`); the model must be in eval mode."""
+    g = cfg.num_samples
+    gen = generate(model, tokenizer, input_ids, attention_mask, g, cfg.sampling(), generator)
+    texts = [response_prefix + t for t in gen.texts]  # [B*G], prompt-major
+    parsed = [rewards.parse_rating(t, cfg.rating_tag) for t in texts]
+    ok = [rewards.check_format(t, scale, cfg.template, cfg.allow_trailing_text).ok for t in texts]
+    finished = gen.finished.tolist()
+    out = []
+    for b in range(input_ids.shape[0]):
+        rows = slice(b * g, (b + 1) * g)
+        if cfg.mode == "self_consistency":
+            prediction = mean_rating(parsed[rows], scale)
+        else:
+            p = parsed[b]
+            prediction = p if p is not None and scale.contains(p) else None
+        out.append(Decoded(prediction, texts[rows], parsed[rows], ok[rows], finished[rows]))
+    if cfg.mode == "expected":
+        _add_expectations(
+            model, tokenizer, input_ids, attention_mask, gen, out, cfg, scale, response_prefix, candidates
+        )
+    return out
+
+
+def _add_expectations(model, tokenizer, input_ids, attention_mask, gen, out, cfg, scale, prefix, candidates) -> None:
+    """Replace each greedy prediction by the expectation at its last rating tag (where there is one)."""
+    candidates = candidates or rating_candidates(tokenizer, scale)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    contexts, rows = [], []
+    for b in range(len(out)):
+        length = int(gen.lengths[b])
+        ctx, found = _rate_context(
+            gen.tokens[b, :length].tolist(), gen.texts[b], prefix, tokenizer, f"<{cfg.rating_tag}>"
+        )
+        if found:
+            prompt = input_ids[b][attention_mask[b].bool()].tolist()  # unpadded prompt
+            contexts.append(prompt + ctx)
+            rows.append(b)
+    if not contexts:
+        return
+    logits = last_logits(model, contexts, pad, input_ids.device)  # [N, V]
+    for row, b in enumerate(rows):
+        value, mass = expected_from_logits(logits[row], candidates)
+        out[b].rate_mass = mass
+        if value is not None:
+            out[b].prediction = value
