@@ -7,7 +7,7 @@ CONFIG ?= configs/grpo.yaml
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format data-stats train-grpo
+.PHONY: help install test test-all lint format data-stats train-grpo baselines evaluate report
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -41,3 +41,12 @@ data-stats: install ## Data statistics for CONFIG (default: the synthetic set), 
 
 train-grpo: install ## RecZero GRPO on CONFIG (default configs/grpo.yaml); extra overrides in ARGS="..."
 	$(BIN)/reczero fit --config $(CONFIG) $(ARGS)
+
+baselines: install ## Classical baselines on CONFIG's split (table; ARGS="--output baselines.json")
+	$(BIN)/reczero baselines --config $(CONFIG) $(ARGS)
+
+evaluate: install ## Evaluate a policy on CONFIG's data; ARGS="--ckpt F | --adapter D  --split test --limit N --output preds.jsonl"
+	$(BIN)/reczero evaluate --config $(CONFIG) $(ARGS)
+
+report: install ## Markdown table + PNGs; ARGS="--inputs a.metrics.json b.json --runs checkpoints/RUN --out reports/NAME"
+	$(BIN)/reczero report $(ARGS)

@@ -189,10 +189,17 @@ def _rate_context(
     if end < 0:  # inside the prefix, with more prefix after it: no clean cut, use the greedy parse
         return None, False
     spaced = end + len(completion[end:]) - len(completion[end:].lstrip())
-    texts = {tokenizer.decode(tokens[:k], skip_special_tokens=True): k for k in range(len(tokens) + 1)}
-    for cut in (spaced, end):
-        if completion[:cut] in texts:
-            return tokens[: texts[completion[:cut]]], True
+    at_end = None
+    for k in range(len(tokens) + 1):  # prefixes of the generated tokens, until they pass the cut
+        text = tokenizer.decode(tokens[:k], skip_special_tokens=True)
+        if text == completion[:spaced]:
+            return tokens[:k], True
+        if text == completion[:end]:
+            at_end = k
+        if len(text) > spaced:
+            break
+    if at_end is not None:
+        return tokens[:at_end], True
     return tokenizer.encode(completion[:end], add_special_tokens=False), True
 
 

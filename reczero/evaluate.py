@@ -304,8 +304,10 @@ def format_summary(summary: dict) -> str:
         f"within 1 {m['within_1']:.3f}",
         f"  fallbacks: {m['fallbacks']} ({summary['fallback']})",
         "  MAE by true rating: " + ", ".join(f"{k}: {v:.3f}" for k, v in summary["mae_by_target"].items()),
-        "  MAE by history shown: "
+        "  MAE by records shown: "
         + ", ".join(f"{k}: {v['mae']:.3f} (n={v['n']})" for k, v in summary["mae_by_history_len"].items()),
+        "  MAE by the user's earlier ratings: "
+        + ", ".join(f"{k}: {v['mae']:.3f} (n={v['n']})" for k, v in summary["mae_by_user_count"].items()),
     ]
     return "\n".join(lines)
 
@@ -455,11 +457,11 @@ def baselines_main(args: list[str]) -> dict:
     cfg = parse_with_config(parser, args)
     dm = parser.instantiate(cfg).data
     start = time.perf_counter()
-    split = baseline_split(dm)
-    grids = None if cfg.methods is None else {m: DEFAULT_GRIDS[m] for m in cfg.methods if m in DEFAULT_GRIDS}
     unknown = sorted(set(cfg.methods or ()) - set(DEFAULT_GRIDS))
     if unknown:
         parser.error(f"unknown method(s) {unknown}; known: {list(DEFAULT_GRIDS)}")
+    grids = None if cfg.methods is None else {m: DEFAULT_GRIDS[m] for m in cfg.methods}
+    split = baseline_split(dm)
     valid, test, scale = split["validation"], split["test"], dm.scale
     results = run_baselines(
         split["train"], valid["pairs"], valid["truth"], test["pairs"], test["truth"],

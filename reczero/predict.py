@@ -265,6 +265,8 @@ def parse_request(text: str, line: int, source: str, dm, index_of) -> Request:
         check.fail(None, "a JSON object", obj)
     keep_user, keep_item = dm.sample_config.user_history, dm.sample_config.item_history
     if "user" not in obj:
+        if isinstance(obj.get("item"), (str, int)) and not isinstance(obj.get("item"), bool):
+            check.fail("user", "a user id: a request by ids needs both user and item", None)
         if "item" not in obj:
             check.fail("item", "an inline request (user_history + item object) or an id request (user + item)")
         inp, fallback = parse_inline(obj, check, keep_user, keep_item)
@@ -314,7 +316,7 @@ def read_requests(lines, source: str, dm, on_bad_row: str = "error") -> tuple[li
     return requests, skipped
 
 
-def predict_stream(model, tokenizer, dm, requests: list[Request], decode, batch_size: int, out=sys.stdout) -> int:
+def predict_stream(model, tokenizer, dm, requests: list[Request], decode, batch_size: int, out=None) -> int:
     """Decode every request in batches (input order), writing one JSON line each; returns the count written."""
     import torch
 
@@ -327,6 +329,7 @@ def predict_stream(model, tokenizer, dm, requests: list[Request], decode, batch_
     collate = PromptCollator(pad)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(decode.seed) if decode.mode == "self_consistency" else None
+    out = out or sys.stdout
     written = 0
     for first in range(0, len(requests), batch_size):
         chunk = requests[first : first + batch_size]

@@ -172,13 +172,22 @@ def _pyplot():
 
 
 def plot_mae(rows: list[Row], path: str | Path) -> Path:
-    """Horizontal bars of MAE, one panel per split, best at the top; LLM bars show their parse rate."""
+    """Horizontal bars of MAE, one panel per split, best at the top; LLM bars show their parse rate.
+
+    When LLM rows cover only part of a split, the panel shows the baselines on those samples only.
+    """
     plt = _pyplot()
     splits = list(dict.fromkeys(r.split for r in rows))
-    height = max(2.5, 0.42 * max(sum(r.split == s for r in rows) for s in splits) + 1.3)
+    height = max(
+        2.5, 0.42 * max(sum(r.split == s and not r.note.startswith("same") for r in rows) for s in splits) + 1.3
+    )
     fig, axes = plt.subplots(1, len(splits), figsize=(7.5 * len(splits), height), squeeze=False)
     for ax, split in zip(axes[0], splits):
-        part = sorted((r for r in rows if r.split == split), key=lambda r: r.mae, reverse=True)
+        part = [r for r in rows if r.split == split]
+        matched = [r for r in part if r.note.startswith("same")]
+        if matched:  # LLM rows cover part of the split: compare only on the same samples
+            part = [r for r in part if r.kind == "llm"] + matched
+        part.sort(key=lambda r: r.mae, reverse=True)
         labels = [r.method + (f" ({r.note.split(' as')[0]})" if r.note.startswith("same") else "") for r in part]
         colours = ["#d62728" if r.kind == "llm" else "#1f77b4" for r in part]
         bars = ax.barh(range(len(part)), [r.mae for r in part], color=colours)
@@ -189,7 +198,8 @@ def plot_mae(rows: list[Row], path: str | Path) -> Path:
             ax.text(bar.get_width() + top * 0.01, bar.get_y() + bar.get_height() / 2, text, va="center", fontsize=8)
         ax.set_xlim(0, top * 1.45)
         ax.set_xlabel("MAE (lower is better)")
-        ax.set_title(f"MAE on {split}  (red: LLM, blue: classical)", fontsize=10)
+        where = f"{split}, the LLM rows' samples" if matched else split
+        ax.set_title(f"MAE on {where}  (red: LLM, blue: classical)", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -197,28 +207,40 @@ def plot_mae(rows: list[Row], path: str | Path) -> Path:
     return Path(path)
 
 
+def _running_mean(values: list[float], k: int) -> list[float]:
+    """Mean over a centred window of k points (shorter at the ends)."""
+    half = k // 2
+    return [
+        sum(values[max(0, i - half) : i + half + 1]) / len(values[max(0, i - half) : i + half + 1])
+        for i in range(len(values))
+    ]
+
+
 def plot_training(runs: dict[str, dict], path: str | Path) -> Path:
     """A 2x2 grid of the `CURVES` against the step, one line per run."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(runs)}  # one colour per run in every panel
     for ax, tag in zip(axes.flat, CURVES):
         drawn = False
         for name, curves in runs.items():
             if tag not in curves or not curves[tag][0]:
                 continue
             steps, values = curves[tag]
-            style = {"marker": "o", "markersize": 4} if tag.startswith("val/") or len(steps) < 15 else {}
-            (line,) = ax.plot(steps, values, alpha=0.45 if len(steps) >= 15 else 1.0, label=name, **style)
-            if len(steps) >= 15:  # a running mean over ~10% of the points, drawn over the raw line
-                k = max(2, len(values) // 10)
-                smooth = [
-                    sum(values[max(0, i - k + 1) : i + 1]) / len(values[max(0, i - k + 1) : i + 1])
-                    for i in range(len(values))
-                ]
-                ax.plot(steps, smooth, color=line.get_color(), linewidth=2)
+            if tag.startswith("val/") or len(steps) < 15:
+                ax.plot(steps, values, marker="o", markersize=4, color=colours[name], label=name)
+            else:  # noisy per-step values: faint raw line, a centred running mean on top
+                ax.plot(steps, values, color=colours[name], alpha=0.25, linewidth=1)
+                k = max(3, len(values) // 15)
+                ax.plot(
+                    steps, _running_mean(values, k), color=colours[name], linewidth=2, label=f"{name} (mean of {k})"
+                )
             drawn = True
-        ax.set_title(tag, fontsize=10)
+        ax.set_title(tag + (" (lower is better)" if tag.endswith("mae") else ""), fontsize=10)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if tag.endswith("format_rate"):
             ax.set_ylim(-0.05, 1.05)

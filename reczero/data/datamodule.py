@@ -296,8 +296,8 @@ class RatingDataModule(L.LightningDataModule):
         """The train position: epoch and prompts consumed in it on this rank."""
         if self.trainer is None:
             return {}
-        epoch_loop = self.trainer.fit_loop.epoch_loop
-        consumed_batches = epoch_loop.batch_progress.current.completed
+        # saved from on_train_batch_end: the batch being finished is "processed", not yet "completed"
+        consumed_batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return {"epoch": self.trainer.current_epoch, "consumed": consumed_batches * self.batch_size}
 
     def load_state_dict(self, state: dict) -> None:

@@ -8,6 +8,7 @@ DataModule, which renders prompts with it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -17,6 +18,7 @@ import lightning as L
 import torch
 
 from reczero import metrics, rewards
+from reczero.checkpointing import capture_rng, restore_rng
 from reczero.generation import SamplingConfig, generate
 from reczero.policy import PolicyConfig, build_policy, load_tokenizer, save_adapter
 
@@ -37,6 +39,11 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, schedule: str, min
     return 1.0 - (1 - min_ratio) * progress
 
 
+def as_config(value, cls):
+    """Accept a config dataclass or its dict form (as stored in checkpoints)."""
+    return cls(**value) if isinstance(value, dict) else value
+
+
 class PolicyModule(L.LightningModule):
     """Base class; subclasses implement `training_step`."""
 
@@ -52,6 +59,7 @@ class PolicyModule(L.LightningModule):
         adapter_dir: str | None,
     ):
         super().__init__()
+        policy, reward = as_config(policy, PolicyConfig), as_config(reward, rewards.RewardSpec)
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         if lr_schedule not in LR_SCHEDULES:
@@ -157,6 +165,23 @@ class PolicyModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        # plain dicts, so checkpoints load with torch.load(weights_only=True) (no pickled classes)
+        checkpoint["hyper_parameters"] = {
+            k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in self.hparams.items()
+        }
+        checkpoint["reczero_rng"] = capture_rng()
+        checkpoint["reczero_hyper_parameters"] = {"policy_model": self.policy_config.model}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "reczero_rng" in checkpoint:
+            restore_rng(checkpoint["reczero_rng"])
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        missing = trainable - set(checkpoint.get("state_dict", {}))
+        if trainable and missing:
+            raise ValueError(
+                f"checkpoint lacks {len(missing)} adapter weights (e.g. {sorted(missing)[:2]}): it was written for a "
+                "different LoRA configuration (rank / target modules) than this run's model.policy"
+            )
 
     def on_train_end(self) -> None:
         if self.hparams.adapter_dir and self.global_rank == 0:

@@ -19,6 +19,8 @@ and the warmup schedule step. A non-finite loss or gradient skips the step (opti
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -27,7 +29,7 @@ import torch
 
 from reczero import grpo, rewards
 from reczero.generation import _CACHE_KWARG, _cache_of
-from reczero.modules.base import PolicyModule
+from reczero.modules.base import PolicyModule, as_config
 from reczero.policy import PolicyConfig, reference_mode
 from reczero.rollout import RolloutCallback, RolloutConfig, RolloutRecord
 
@@ -98,6 +100,8 @@ class GRPOModule(PolicyModule):
         val_max_new_tokens: greedy decoding length for validation.
         log_completions_every_n_steps: write a sample completion to TensorBoard this often (0: never).
         adapter_dir: where the final LoRA adapter is saved (peft format), if set.
+        rollout_log: append one JSON line per rollout (step, sample ids, rewards, predictions) to this
+            file (rank r > 0 writes `<file>.rank<r>`): an audit trail of what was trained on.
     """
 
     def __init__(
@@ -118,7 +122,10 @@ class GRPOModule(PolicyModule):
         val_max_new_tokens: int = 256,
         log_completions_every_n_steps: int = 10,
         adapter_dir: str | None = None,
+        rollout_log: str | None = None,
     ):
+        policy, rollout = as_config(policy, PolicyConfig), as_config(rollout, RolloutConfig)
+        reward, loss = as_config(reward, rewards.RewardSpec), as_config(loss, grpo.GRPOLossConfig)
         super().__init__(
             policy, reward, learning_rate, weight_decay, warmup_steps, lr_schedule, val_max_new_tokens, adapter_dir
         )
@@ -210,6 +217,7 @@ class GRPOModule(PolicyModule):
                     stats_sum[key] = stats_sum.get(key, 0.0) + float(value) * weight
             self._optimizer_step(opt, sched, total_loss, record)
         train_seconds = time.perf_counter() - start
+        self._write_rollout_log(record)
         passes = self.hparams.num_passes
         self._log_step({k: v / passes for k, v in stats_sum.items()}, record, train_seconds)
 
@@ -240,6 +248,22 @@ class GRPOModule(PolicyModule):
         sched.step()
         if grad_norm is not None:
             self.log("train/grad_norm", float(grad_norm))
+
+    def _write_rollout_log(self, record: RolloutRecord) -> None:
+        if not self.hparams.rollout_log:
+            return
+        path = self.hparams.rollout_log + (f".rank{self.global_rank}" if self.global_rank else "")
+        preds = [None if math.isnan(p) else p for p in record.predictions.tolist()]
+        line = {
+            "step": self.global_step,
+            "epoch": self.current_epoch,
+            "sample_ids": record.sample_ids.tolist(),
+            "rewards": [round(r, 6) for r in record.rewards.tolist()],
+            "predictions": preds,
+            "completions_sha1": hashlib.sha1("\x00".join(record.texts).encode()).hexdigest(),
+        }
+        with open(path, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
 
     def _log_step(self, stats: dict[str, float], record: RolloutRecord, train_seconds: float) -> None:
         r = record.rewards

@@ -1,0 +1,116 @@
+"""`reczero report`: the table from evaluate / baselines JSON, baselines on the LLM's samples, the PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from reczero.data.schema import SCALES
+from reczero.evaluate import EvalResult, SampleResult, summarize, write_outputs
+from reczero.report import main, read_scalars, table_rows
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _llm_json(tmp_path):
+    def row(key, target, pred, fallback):
+        return SampleResult(
+            key, "u", "i", target, pred, fallback, 6, 3, ["<rate>x</rate>"], [pred is not None], [True]
+        )
+
+    rows = [row("k1", 4.0, 4.0, 3.0), row("k3", 2.0, None, 3.5)]  # 2 of the 4 test samples
+    result = EvalResult(rows, 4, 2.0, SCALES["1-5"])
+    summary = summarize(result, name="zero-shot", split="test", decoding={"mode": "greedy"}, data={"name": "syn"})
+    return write_outputs(result, summary, tmp_path / "llm" / "preds.jsonl")
+
+
+def _baselines_json(tmp_path):
+    data = {
+        "kind": "baselines",
+        "split": "a small synthetic split",
+        "samples": {
+            "validation": {"keys": ["v1", "v2"], "truth": [3.0, 4.0]},
+            "test": {"keys": ["k1", "k2", "k3", "k4"], "truth": [4.0, 5.0, 2.0, 3.0]},
+        },
+        "results": [
+            {
+                "name": "global_mean",
+                "valid_mae": 0.5, "valid_rmse": 0.5, "test_mae": 1.0, "test_rmse": 1.118, "n_valid": 2, "n_test": 4,
+                "valid_pred": [3.5, 3.5], "test_pred": [3.5, 3.5, 3.5, 3.5],
+            },
+            {
+                "name": "bias_baseline",
+                "valid_mae": 0.2, "valid_rmse": 0.2, "test_mae": 0.5, "test_rmse": 0.5, "n_valid": 2, "n_test": 4,
+                "valid_pred": [3.2, 3.8], "test_pred": [4.5, 4.5, 2.5, 3.5],
+            },
+        ],
+    }  # fmt: skip
+    path = tmp_path / "baselines.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _run(tmp_path, name="run1"):
+    run = tmp_path / name
+    with SummaryWriter(str(run / "tb")) as writer:
+        for step in range(30):
+            writer.add_scalar("train/reward", -1 + step / 20, step)
+            writer.add_scalar("train/format_rate", min(1.0, step / 25), step)
+        for step in (10, 20, 29):
+            writer.add_scalar("val/mae", 1.2 - step / 100, step)
+            writer.add_scalar("val/format_rate", step / 30, step)
+    return run
+
+
+def test_rows_put_baselines_on_the_llm_samples(tmp_path):
+    inputs = [json.loads(_llm_json(tmp_path).read_text()), json.loads(_baselines_json(tmp_path).read_text())]
+    rows = table_rows(inputs)
+    assert [(r.method, r.n) for r in rows] == [
+        ("zero-shot", 2),
+        ("global_mean", 4),
+        ("bias_baseline", 4),
+        ("global_mean", 2),
+        ("bias_baseline", 2),
+    ]
+    llm = rows[0]
+    assert llm.mae == pytest.approx((0 + 1.5) / 2) and llm.parse_rate == 0.5 and "first 2 of 4" in llm.note
+    same = {r.method: r for r in rows[3:]}
+    assert same["global_mean"].mae == pytest.approx((0.5 + 1.5) / 2)  # k1: |3.5-4|, k3: |3.5-2|
+    assert same["bias_baseline"].rmse == pytest.approx(((0.25 + 0.25) / 2) ** 0.5)
+    assert "same 2 samples" in same["bias_baseline"].note
+
+
+def test_report_writes_the_table_and_the_plots(tmp_path, capsys):
+    llm, base = _llm_json(tmp_path), _baselines_json(tmp_path)
+    runs = [_run(tmp_path, "run1"), _run(tmp_path, "run2")]
+    written = main(["--inputs", str(llm), str(base), "--runs", *map(str, runs), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| zero-shot | test | 0.7500 |" in md and "| bias_baseline | test | 0.5000 |" in md
+    assert "1 fallbacks" in md and "user's average" in md and "a small synthetic split" in md
+    assert "| run1 | 29 |" in md and "![mae](mae.png)" in md and "![training](training.png)" in md
+    for name in ("mae", "training"):
+        assert written[name].read_bytes()[:8] == PNG
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_read_scalars_merges_event_files_of_a_resumed_run(tmp_path):
+    run = tmp_path / "run"
+    with SummaryWriter(str(run / "tb" / "a")) as writer:
+        for step in range(5):
+            writer.add_scalar("train/reward", 0.0, step)
+    with SummaryWriter(str(run / "tb" / "b")) as writer:  # resumed from step 3: its values win
+        for step in range(3, 8):
+            writer.add_scalar("train/reward", 1.0, step)
+        writer.add_scalar("train/other", 5.0, 0)
+    curves = read_scalars(run)
+    steps, values = curves["train/reward"]
+    assert steps == list(range(8)) and values == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert "train/other" not in curves
+
+
+def test_report_rejects_other_json(tmp_path):
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an evaluate or baselines JSON"):
+        main(["--inputs", str(tmp_path / "x.json"), "--out", str(tmp_path / "out")])
