@@ -7,6 +7,8 @@
   reczero baselines [--config FILE] [--format F --path P] [--output baselines.json]           classical baselines
   reczero report --inputs a.json b.json [--runs checkpoints/run ...] --out DIR                markdown + plots
   reczero predict --requests requests.jsonl [--config FILE] [--adapter DIR | --ckpt FILE]     ratings as JSONL
+  reczero coldstart --config configs/sft.yaml [--teacher ID] [--output traces.jsonl]
+                    [--num-traces 1000] [--tries 4] [--tolerance 0.5] [--batch-size 4]       RecOne SFT traces
 
 `--config` takes a fit YAML (or a run's saved config.yaml) and uses its `data:` section (evaluate and
 predict also its `model.init_args.policy` / `reward` / `val_max_new_tokens`); `--data.*` etc. override it.
@@ -168,6 +170,10 @@ def main(argv: list[str] | None = None) -> None:
         from reczero.predict import main as predict_main
 
         predict_main(rest)
+    elif command == "coldstart":
+        from reczero.coldstart import main as coldstart_main
+
+        coldstart_main(rest)
     else:
         print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)

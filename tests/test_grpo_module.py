@@ -178,3 +178,47 @@ def test_fit_fast_dev_run_through_the_cli(tmp_path, tiny_model_dir):
     ckpt = torch.load(out / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
     assert all("lora_" in k for k in ckpt["state_dict"]), "checkpoints hold the adapter only"
+
+
+def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_tokenizer, tiny_policy):
+    """Gradient accumulation inside a rollout is exact: two micro-batches == one batch, per loss type."""
+    from reczero import grpo
+    from reczero.data.schema import SCALES
+
+    perturb_lora(tiny_policy, scale=0.05)
+    cfg = RolloutConfig(group_size=4)
+    batch = _prompt_batch(tiny_tokenizer, 2)
+    texts = SCRIPT + [GOOD.format(3), "x", GOOD.format(1), GOOD.format(4) + " trailing"]
+    record = record_from_generation(
+        batch, _scripted_generation(tiny_tokenizer, texts, [True] * 8), cfg, rewards.RewardSpec(), SCALES["1-5"]
+    )
+    for loss_type in grpo.LOSS_TYPES:
+        module = GRPOModule(loss=grpo.GRPOLossConfig(loss_type=loss_type), micro_batch_size=4)
+        module.policy = tiny_policy
+        mask = module._loss_mask(record)
+        grads = []
+        for chunks in ([slice(0, 8)], [slice(0, 4), slice(4, 8)]):
+            tiny_policy.zero_grad()
+            for rows in chunks:
+                logp = completion_logprobs(tiny_policy, record, rows, 1.0)
+                loss, _ = grpo.grpo_loss(
+                    logp,
+                    mask[rows],
+                    record.advantages[rows],
+                    cfg=module.loss_config,
+                    max_completion_length=mask.shape[1],
+                )
+                (loss * module._chunk_weight(record, rows, mask)).backward()
+            grads.append([p.grad.clone() for p in tiny_policy.parameters() if p.requires_grad])
+        for full, accumulated in zip(*grads):
+            torch.testing.assert_close(full, accumulated, rtol=1e-5, atol=1e-7)
+
+
+def test_lr_schedule_warmup_then_decay():
+    from reczero.modules.base import lr_lambda
+
+    assert [lr_lambda(s, 4, 20, "constant") for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_lambda(4, 4, 20, "cosine") == pytest.approx(1.0)
+    assert lr_lambda(12, 4, 20, "cosine") == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_lambda(20, 4, 20, "cosine") == pytest.approx(0.1)
+    assert lr_lambda(12, 4, 20, "linear") == pytest.approx(1 - 0.9 * 0.5)

@@ -66,7 +66,13 @@ def test_sigkill_and_resume_is_exact(tmp_path, tiny_model_dir):
     full, broken = tmp_path / "full", tmp_path / "broken"
     subprocess.run(_command(tiny_model_dir, full, cache), cwd=REPO, env=_env(), check=True, capture_output=True)
 
-    proc = subprocess.Popen(_command(tiny_model_dir, broken, cache), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _command(tiny_model_dir, broken, cache),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     target = broken / "ckpt" / "step0003.ckpt"
     deadline = time.time() + 300
     while not target.exists() and proc.poll() is None and time.time() < deadline:
@@ -85,7 +91,9 @@ def test_sigkill_and_resume_is_exact(tmp_path, tiny_model_dir):
 
     expected, got = _steps(full / "rollouts.jsonl"), _steps(broken / "rollouts.jsonl")
     assert sorted(expected) == list(range(1, MAX_STEPS + 1))
-    assert got == expected, "the resumed run must see the same samples in the same order, and sample the same completions"
+    assert got == expected, (
+        "the resumed run must see the same samples in the same order, and sample the same completions"
+    )
     a = load_file(full / "adapter" / "adapter_model.safetensors")
     b = load_file(broken / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()

@@ -5,7 +5,8 @@ and serves, per split:
   - prompt batches for GRPO, evaluation and prediction (left-padded, since they are generated from):
     `input_ids [B, P]`, `attention_mask [B, P]`, `target [B]`, `fallback [B]`, `sample_id [B]`,
     `history_len [B]`;
-  - SFT batches (`sft_batches`): prompt + completion, right-padded, labels -100 on the prompt.
+  - SFT batches (`sft_dataloader`): prompt + completion, right-padded, labels -100 on the prompt,
+    length-bucketed; `train_dataloader` serves them once the SFT module sets `sft_completions`.
 The tokenizer arrives late (`set_tokenizer`): the policy owns it. The train sampler is resumable
 (`state_dict`), so a run resumed from a mid-epoch checkpoint continues with the next unseen sample.
 """
@@ -13,8 +14,10 @@ The tokenizer arrives late (`set_tokenizer`): the policy owns it. The train samp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
+import random
 from collections.abc import Iterator
 
 import lightning as L
@@ -132,6 +135,73 @@ class _Sized:
         return self.n
 
 
+class SFTDataset(Dataset):
+    """Prompt + completion token ids of the samples that have a completion, tokenised once up front
+    (the lengths are needed for bucketing anyway). The completion loses the `response_prefix` the
+    prompt already ends with, and gains the EOS token, so the model learns to stop after `</rate>`."""
+
+    def __init__(self, prompts_ds: PromptDataset, completions: list[str], response_prefix: str, eos_id: int | None):
+        tok = prompts_ds.renderer.tokenizer
+        self.items: list[tuple[int, list[int], list[int]]] = []
+        for index, text in enumerate(completions):
+            text = text.strip()
+            if response_prefix:
+                if not text.startswith(response_prefix.strip()):
+                    pos = prompts_ds.positions[index]
+                    raise ValueError(f"completion of sample {pos} does not start with data.response_prefix")
+                text = text[len(response_prefix.strip()) :]
+            ids = tok(text, add_special_tokens=False)["input_ids"] + ([eos_id] if eos_id is not None else [])
+            self.items.append((prompts_ds.positions[index], prompts_ds[index]["input_ids"], ids))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, list[int], list[int]]:
+        return self.items[index]
+
+    def lengths(self) -> list[int]:
+        return [len(p) + len(c) for _, p, c in self.items]
+
+
+def _sft_collate(features: list[tuple[int, list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    batch = sft_collate([f[1] for f in features], [f[2] for f in features], pad_id)
+    batch["sample_id"] = torch.tensor([f[0] for f in features], dtype=torch.long)  # [B]
+    return batch
+
+
+def bucket_order(indices: list[int], lengths: list[int], batch_size: int, chunk: int, seed: int) -> list[int]:
+    """`indices` (already shuffled) regrouped so that consecutive runs of `batch_size` have similar lengths.
+
+    Each chunk of `chunk` indices (a multiple of `batch_size`) is sorted longest first and cut into
+    batches; the batches of a chunk are then shuffled (seeded) so long and short steps alternate.
+    Less padding per batch, while the data order stays random at the chunk scale.
+    """
+    rng, out = random.Random(seed), []
+    for start in range(0, len(indices), chunk):
+        part = sorted(indices[start : start + chunk], key=lambda i: -lengths[i])
+        batches = [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        full = [b for b in batches if len(b) == batch_size]
+        rng.shuffle(full)
+        out.extend(i for b in full + [b for b in batches if len(b) < batch_size] for i in b)
+    return out
+
+
+class BucketedSampler(ResumableSampler):
+    """`ResumableSampler` whose per-epoch order is length-bucketed (`bucket_order`); `skip` still counts
+    samples of that order, so a resumed run continues with the next unseen batch."""
+
+    def __init__(self, lengths: list[int], batch_size: int, chunk_batches: int = 16, **kwargs):
+        super().__init__(len(lengths), **kwargs)
+        self.lengths, self.batch_size, self.chunk = lengths, batch_size, batch_size * chunk_batches
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        order = bucket_order(
+            list(super().__iter__()), self.lengths, self.batch_size, self.chunk, self.seed + self.epoch
+        )
+        return iter(order[skip:])
+
+
 class RatingDataModule(L.LightningDataModule):
     """Interactions -> chronological samples -> Think-before-Recommendation prompt batches.
 
@@ -189,6 +259,7 @@ class RatingDataModule(L.LightningDataModule):
         self._renderer: PromptRenderer | None = None
         self._train_sampler: ResumableSampler | None = None
         self._resume_state: dict | None = None
+        self.sft_completions: dict[int, str] | None = None  # set by SFTModule: train on these instead
 
     # -- building -------------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer) -> None:
@@ -253,24 +324,69 @@ class RatingDataModule(L.LightningDataModule):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         return PromptCollator(pad)
 
-    def train_dataloader(self) -> DataLoader:
-        ds = self.dataset("train")
+    def _make_train_sampler(
+        self, size: int, lengths: list[int] | None = None, batch_size: int = 1
+    ) -> ResumableSampler:
         world, rank = 1, 0
         if self.trainer is not None:
             world, rank = self.trainer.world_size, self.trainer.global_rank
-        self._train_sampler = ResumableSampler(len(ds), num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        kwargs = dict(num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        sampler = (
+            ResumableSampler(size, **kwargs) if lengths is None else BucketedSampler(lengths, batch_size, **kwargs)
+        )
         if self._resume_state is not None:
-            self._train_sampler.set_epoch(self._resume_state["epoch"])
-            self._train_sampler.skip = self._resume_state["consumed"]
+            sampler.set_epoch(self._resume_state["epoch"])
+            sampler.skip = self._resume_state["consumed"]
             self._resume_state = None
+        self._train_sampler = sampler
+        return sampler
+
+    def train_dataloader(self) -> DataLoader:
+        if self.sft_completions is not None:
+            return self.sft_dataloader(self.sft_completions, self.batch_size)
+        ds = self.dataset("train")
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            sampler=self._train_sampler,
+            sampler=self._make_train_sampler(len(ds)),
             collate_fn=self._collate(),
             num_workers=self.num_workers,
             drop_last=True,
             persistent_workers=False,
+        )
+
+    def sft_dataloader(
+        self, completions: dict[int, str], batch_size: int, bucket: bool = True, shuffle: bool = True
+    ) -> DataLoader:
+        """SFT batches of the samples in `completions` (sample position -> four-tag completion text).
+
+        Batches: `input_ids [B, L]`, `attention_mask [B, L]`, `labels [B, L]` (-100 on prompt and
+        padding; `sft_collate`), `sample_id [B]`. `shuffle=True` is the training loader: the resumable
+        train sampler (length-bucketed when `bucket`; resume state and DDP sharding as for GRPO; the
+        resume position counts `data.batch_size` per step, so pass that). `shuffle=False`: position
+        order, every sample once (held-out losses).
+        """
+        if self.table is None:
+            self.setup()
+        positions = sorted(completions)
+        prompts_ds = PromptDataset(self.data, self.table, positions, self.renderer)
+        ds = SFTDataset(
+            prompts_ds, [completions[p] for p in positions], self.response_prefix, self.tokenizer.eos_token_id
+        )
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        collate = functools.partial(_sft_collate, pad_id=pad)
+        if not shuffle:
+            return DataLoader(
+                ds, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=self.num_workers
+            )
+        sampler = self._make_train_sampler(len(ds), ds.lengths() if bucket else None, batch_size)
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            drop_last=True,
         )
 
     def _eval_loader(self, split: str) -> DataLoader:

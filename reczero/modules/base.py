@@ -152,7 +152,13 @@ class PolicyModule(L.LightningModule):
             "val/samples": float(m.count),
             "val/seconds": time.perf_counter() - self._val_start,
         }
-        self.log_dict(values, rank_zero_only=True, sync_dist=False)
+        if self.trainer.sanity_checking:
+            # Lightning drops self.log() during the sanity check; configs run the whole validation set
+            # there (num_sanity_val_steps: -1), which makes it the "before training" measurement
+            if self.logger is not None and self.global_rank == 0:
+                self.logger.log_metrics(values, step=self.global_step)
+        else:
+            self.log_dict(values, rank_zero_only=True, sync_dist=False)
         self.last_val_metrics = values
         self._log_text("val/sample_completion", getattr(self, "_last_val_text", ""))
 

@@ -5,7 +5,10 @@ Algorithm (defaults = the paper's run; every choice is an argument):
     (format +1 / -1, rating 1 - |error| / 2), advantage (r - mean_group) / (std_group + 1e-4);
   - clipped surrogate, eps 0.2 on both sides (`loss.eps_high` for DAPO's clip-higher);
   - KL to the reference off (beta 0): no reference forward at all. With beta > 0 the reference is the
-    same model with the adapter disabled (never a second copy), k3 estimator, clamped;
+    same model with the adapter disabled (never a second copy), k3 estimator, clamped. Starting from
+    a saved adapter (RecOne: `policy.adapter_path` = the SFT adapter), `reference` picks what
+    "adapter disabled" means: "base" (that adapter trains on, the reference is the base model) or
+    "sft" (it is merged into the base weights and a fresh LoRA trains on top: the reference is SFT);
   - one optimisation pass per rollout: ratio is 1, so no old-policy forward is run. With
     `num_passes > 1` the rollout-time log-probs are computed once and reused;
   - token-mean loss ("token_mean"; "sequence_mean" and "dr_grpo" available).
@@ -19,18 +22,20 @@ and the warmup schedule step. A non-finite loss or gradient skips the step (opti
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import time
+from pathlib import Path
 
 import torch
 
 from reczero import grpo, rewards
 from reczero.generation import _CACHE_KWARG, _cache_of
 from reczero.modules.base import PolicyModule, as_config
-from reczero.policy import PolicyConfig, reference_mode
+from reczero.policy import PolicyConfig, build_policy, load_base_model, reference_mode, unwrap_policy
 from reczero.rollout import RolloutCallback, RolloutConfig, RolloutRecord
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,67 @@ def shared_prefix_logprobs(model, record: RolloutRecord, rows: slice, temperatur
     return grpo.token_logprobs(logits, ids[:, p:], temperature)
 
 
+REFERENCES = ("base", "sft")
+
+
+def merged_base(cfg: PolicyConfig, base_model=None):
+    """The base model of `cfg` (or `base_model`) with the saved adapter `cfg.adapter_path` folded into
+    its weights (peft `merge_and_unload`; with 4-bit weights the sum is re-quantised, approximately)."""
+    from peft import PeftModel
+
+    base = load_base_model(cfg) if base_model is None else base_model
+    return PeftModel.from_pretrained(base, cfg.adapter_path).merge_and_unload()
+
+
+def stacked_config(cfg: PolicyConfig) -> PolicyConfig:
+    """The fresh LoRA trained on top of a merged adapter: `cfg`'s rank / alpha, the saved adapter's targets
+    (so the two stack into one adapter, `save_stacked_adapter`)."""
+    from peft import LoraConfig
+
+    targets = LoraConfig.from_pretrained(cfg.adapter_path).target_modules
+    targets = targets if isinstance(targets, str) else sorted(targets)
+    return dataclasses.replace(cfg, adapter_path=None, target_modules=targets)
+
+
+def save_stacked_adapter(policy, first_dir: str | Path, out_dir: str | Path) -> Path:
+    """Save ONE adapter equal to the saved adapter `first_dir` plus the policy's (trained on top of it).
+
+    Exact: per layer, B1 s1 A1 + B2 s2 A2 = [s1 B1, s2 B2] [A1; A2], an adapter of rank r1 + r2 with
+    scale 1 (alpha = rank). The result applies to the plain base model, like every other adapter, so
+    `reczero evaluate --adapter` and `policy.adapter_path` take it as is.
+    """
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict, load_peft_weights
+    from safetensors.torch import save_file
+
+    model = unwrap_policy(policy)
+    first_cfg, second_cfg = LoraConfig.from_pretrained(str(first_dir)), model.peft_config[model.active_adapter]
+    for c in (first_cfg, second_cfg):
+        if c.rank_pattern or c.alpha_pattern or c.use_dora or c.modules_to_save:
+            raise NotImplementedError("stacking adapters with rank/alpha patterns, DoRA or modules_to_save")
+    first, second = load_peft_weights(str(first_dir), device="cpu"), get_peft_model_state_dict(model)
+    if set(first) != set(second):
+        raise ValueError(f"adapters at {first_dir} and in the policy target different modules: cannot stack")
+
+    def scale(c) -> float:
+        return c.lora_alpha / (math.sqrt(c.r) if c.use_rslora else c.r)
+
+    stacked = {}
+    for key in first:
+        if ".lora_A." in key:  # A: [r, in], B: [out, r]
+            b_key = key.replace(".lora_A.", ".lora_B.")
+            stacked[key] = torch.cat([first[key], second[key].detach().cpu().to(first[key].dtype)], dim=0)
+            b1, b2 = first[b_key] * scale(first_cfg), second[b_key].detach().cpu().to(first[b_key].dtype)
+            stacked[b_key] = torch.cat([b1, b2 * scale(second_cfg)], dim=1).contiguous()
+    rank = first_cfg.r + second_cfg.r
+    config = dataclasses.replace(second_cfg, r=rank, lora_alpha=rank, use_rslora=False)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(out_dir))
+    save_file({k: v.contiguous() for k, v in stacked.items()}, str(out_dir / "adapter_model.safetensors"))
+    return out_dir
+
+
 class GRPOModule(PolicyModule):
     """RecZero: GRPO on the shared policy.
 
@@ -102,6 +168,13 @@ class GRPOModule(PolicyModule):
         adapter_dir: where the final LoRA adapter is saved (peft format), if set.
         rollout_log: append one JSON line per rollout (step, sample ids, rewards, predictions) to this
             file (rank r > 0 writes `<file>.rank<r>`): an audit trail of what was trained on.
+        reference: with `policy.adapter_path` (RecOne's SFT adapter): "base" trains that adapter further
+            (KL reference = the base model); "sft" merges it into the base weights and trains a fresh
+            LoRA (`policy.lora_r` / `lora_alpha`, the saved adapter's targets) on top, so the KL
+            reference is the SFT policy. Same starting policy either way; only matters with beta > 0.
+            With "sft", `adapter_dir` receives both stacked into one adapter of the plain base
+            (`save_stacked_adapter`); Lightning checkpoints hold the fresh LoRA, so resuming (and
+            `reczero evaluate --ckpt`) needs the same `adapter_path`, merged the same way.
     """
 
     def __init__(
@@ -123,6 +196,7 @@ class GRPOModule(PolicyModule):
         log_completions_every_n_steps: int = 10,
         adapter_dir: str | None = None,
         rollout_log: str | None = None,
+        reference: str = "base",
     ):
         policy, rollout = as_config(policy, PolicyConfig), as_config(rollout, RolloutConfig)
         reward, loss = as_config(reward, rewards.RewardSpec), as_config(loss, grpo.GRPOLossConfig)
@@ -133,6 +207,10 @@ class GRPOModule(PolicyModule):
             raise ValueError("micro_batch_size, num_passes and max_bad_steps must all be >= 1")
         if loss.beta > 0 and not policy.lora_r:
             raise ValueError("loss.beta > 0 needs a LoRA adapter: the reference is the policy with it disabled")
+        if reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+        if reference == "sft" and not policy.adapter_path:
+            raise ValueError('reference="sft" needs policy.adapter_path (the SFT adapter to merge)')
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.rollout_config = rollout
@@ -140,8 +218,31 @@ class GRPOModule(PolicyModule):
         self.rollout: RolloutRecord | None = None
         self._bad_steps = 0
 
+    def on_fit_start(self) -> None:
+        if self.hparams.shared_prefix and self._logprobs_fn() is completion_logprobs:
+            log.warning(
+                "shared_prefix is off for this run: it needs micro_batch_size (%d) to be a multiple of "
+                "rollout.group_size (%d) and policy.gradient_checkpointing off",
+                self.hparams.micro_batch_size,
+                self.rollout_config.group_size,
+            )
+
     def configure_callbacks(self):
         return [RolloutCallback(self.rollout_config, self.reward_spec)]
+
+    def configure_model(self) -> None:
+        if self.policy is None and self.hparams.reference == "sft":
+            base = merged_base(self.policy_config)
+            self.policy = build_policy(stacked_config(self.policy_config), base_model=base)
+        super().configure_model()
+
+    def on_train_end(self) -> None:
+        if self.hparams.reference == "sft" and self.hparams.adapter_dir and self.global_rank == 0:
+            path = save_stacked_adapter(self.policy, self.policy_config.adapter_path, self.hparams.adapter_dir)
+            self.tokenizer.save_pretrained(path)
+            log.info("saved the SFT + GRPO adapters, stacked into one, to %s", path)
+            return
+        super().on_train_end()
 
     def total_optimizer_steps(self) -> int:
         if self.trainer.max_steps and self.trainer.max_steps > 0:

@@ -1,0 +1,264 @@
+"""`reczero coldstart`: build RecOne's SFT traces with a local Hugging Face model as the teacher.
+
+RecOne (method.md) warm-starts the policy on ~1,000 four-tag reasoning traces from a stronger
+teacher: keep a trace whose rating is right; where none is, give the teacher the true rating as a
+hint and keep an explanation that reaches it without mentioning it (Reason4Rec's rule). Here:
+
+  1. train samples in a seeded order, `--batch-size` at a time; the teacher (default: the policy's own
+     base model, `--teacher` any hub id or folder) samples `--tries` completions of each prompt
+     (one batched `generation.generate` call, shared prefill);
+  2. a sample keeps its first completion that passes `rewards.check_format` with a rating within
+     `--tolerance` of the truth (`judge_direct`);
+  3. the others are asked again, the prompt extended by `hint_sentence(truth)`, `--tries` completions
+     each; kept: the first that passes the format, rates exactly the hint and does not leak it
+     (`judge_hinted`, `traces.leaks_hint`); else the sample is dropped.
+
+Output: the traces JSONL (`reczero.traces` format, plus `target` and `source` = "direct" | "hint"),
+appended and flushed after every batch, and `<output>.stats.json` (rewritten after every batch):
+kept directly, kept after the hint, dropped by reason. Resumable: samples already in the output, or
+recorded as dropped in the stats, are skipped, and the run stops once the output holds `--num-traces`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from reczero import rewards
+from reczero.data.schema import RatingScale
+from reczero.prompts import answer_format, format_rating
+from reczero.traces import leaks_hint
+
+log = logging.getLogger(__name__)
+
+# How far a dropped sample's best hinted try got, worst first: it is counted under the furthest.
+DROP_STAGES = ("format", "wrong_rating", "leak")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """keep: use this completion. reason: "ok", "format:<check_format reason>", "wrong_rating" or
+    "leak:<leaks_hint reason>". rating: the parsed rating (None when unparsable)."""
+
+    keep: bool
+    reason: str
+    rating: float | None
+
+    @property
+    def stage(self) -> str:
+        return self.reason.split(":", 1)[0]
+
+
+def judge_direct(completion: str, truth: float, scale: RatingScale, tolerance: float) -> Verdict:
+    """Without a hint: keep when the format passes and |rating - truth| <= tolerance."""
+    check = rewards.check_format(completion, scale)
+    if not check.ok:
+        return Verdict(False, f"format:{check.reason}", check.rating)
+    if abs(check.rating - truth) > tolerance + rewards.EXACT_TOLERANCE:
+        return Verdict(False, "wrong_rating", check.rating)
+    return Verdict(True, "ok", check.rating)
+
+
+def judge_hinted(completion: str, truth: float, scale: RatingScale) -> Verdict:
+    """With the hint: keep when the format passes, the rating equals the hint, and `leaks_hint` is None."""
+    check = rewards.check_format(completion, scale)
+    if not check.ok:
+        return Verdict(False, f"format:{check.reason}", check.rating)
+    if abs(check.rating - truth) > rewards.EXACT_TOLERANCE:
+        return Verdict(False, "wrong_rating", check.rating)
+    leak = leaks_hint(completion, truth, scale)
+    if leak is not None:
+        return Verdict(False, f"leak:{leak}", check.rating)
+    return Verdict(True, "ok", check.rating)
+
+
+def hint_sentence(truth: float, scale: RatingScale) -> str:
+    return (
+        f"The user's actual rating was {format_rating(truth, scale)}. "
+        "Explain the reasoning that leads to it without mentioning the rating itself."
+    )
+
+
+def add_hint(prompt: str, truth: float, scale: RatingScale) -> str:
+    """`prompt` with the hint sentence on its own line right after the answer skeleton (inside the user
+    turn, before the chat template's assistant header). Adds ~30 tokens beyond `max_prompt_tokens`."""
+    skeleton = answer_format(scale)
+    at = prompt.rfind(skeleton)
+    if at < 0:
+        raise ValueError("the prompt does not contain the answer skeleton; cannot place the hint")
+    end = at + len(skeleton)
+    return f"{prompt[:end]}\n{hint_sentence(truth, scale)}{prompt[end:]}"
+
+
+def first_kept(texts: list[str], judge) -> tuple[int | None, list[Verdict]]:
+    """Index of the first text `judge` keeps (None if none) and every verdict."""
+    verdicts = [judge(t) for t in texts]
+    return next((i for i, v in enumerate(verdicts) if v.keep), None), verdicts
+
+
+def drop_reason(verdicts: list[Verdict]) -> str:
+    """A dropped sample's reason: the furthest `DROP_STAGES` entry any of its hinted tries reached."""
+    return max((v.stage for v in verdicts), key=DROP_STAGES.index, default="format")
+
+
+# -- the run --------------------------------------------------------------------------------------
+def _read_done(output: Path, stats_path: Path) -> tuple[set[str], int, dict]:
+    """(sample keys already handled, traces in the output, stats so far) for a resumed run."""
+    keys, count = set(), 0
+    if output.exists():
+        for line in output.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                keys.add(json.loads(line)["key"])
+                count += 1
+    stats = {"kept_direct": 0, "kept_hint": 0, "dropped": 0, "drop_reasons": dict.fromkeys(DROP_STAGES, 0)}
+    stats.update({"direct_rejects": {}, "hint_rejects": {}, "dropped_keys": {}})
+    if stats_path.exists() and output.exists():
+        stats.update(json.loads(stats_path.read_text()))
+    keys.update(stats["dropped_keys"])
+    return keys, count, stats
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _count(table: dict, verdicts: list[Verdict]) -> None:
+    for v in verdicts:
+        if not v.keep:
+            table[v.reason] = table.get(v.reason, 0) + 1
+
+
+def _tokenize(tokenizer, texts: list[str], device):
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")  # left padding
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)  # [B, P] each
+
+
+def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
+    """Build traces for `dm`'s train split with `model` (eval mode); returns the stats. `cfg` holds
+    num_traces, tries, tolerance, batch_size, temperature, top_p, max_new_tokens, seed."""
+    import torch
+
+    from reczero.generation import SamplingConfig, generate
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stats_path = output.with_name(output.name + ".stats.json")
+    done, have, stats = _read_done(output, stats_path)
+    dm.set_tokenizer(tokenizer)
+    ds, scale = dm.dataset("train"), dm.scale
+    order = [i for i in range(len(ds)) if dm.sample_key(ds.positions[i]) not in done]
+    random.Random(cfg.seed).shuffle(order)
+    sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    generator = torch.Generator(model.device).manual_seed(cfg.seed)
+    device, prefix = model.device, dm.response_prefix
+    log.info("coldstart: %d traces so far, %d train samples left, target %d", have, len(order), cfg.num_traces)
+
+    def sample(prompts: list[str]) -> list[list[str]]:  # B prompts -> B lists of `tries` completions
+        ids, mask = _tokenize(tokenizer, prompts, device)
+        texts = generate(model, tokenizer, ids, mask, cfg.tries, sampling, generator).texts  # B * tries, prompt-major
+        texts = [(prefix + t).rstrip() for t in texts]
+        return [texts[b * cfg.tries : (b + 1) * cfg.tries] for b in range(len(prompts))]
+
+    with output.open("a", encoding="utf-8") as out:
+        start = 0
+        while start < len(order) and have < cfg.num_traces:
+            batch = order[start : start + min(cfg.batch_size, cfg.num_traces - have)]
+            start += len(batch)
+            prompts = [ds.prompt_text(i) for i in batch]
+            truths = [ds.data.interactions[ds.table.target[ds.positions[i]]].rating for i in batch]
+            kept: dict[int, tuple[str, float, str]] = {}
+            for b, texts in enumerate(sample(prompts)):
+                idx, verdicts = first_kept(
+                    texts, partial(judge_direct, truth=truths[b], scale=scale, tolerance=cfg.tolerance)
+                )
+                _count(stats["direct_rejects"], verdicts if idx is None else verdicts[:idx])
+                if idx is not None:
+                    kept[b] = (texts[idx], verdicts[idx].rating, "direct")
+            retry = [b for b in range(len(batch)) if b not in kept]
+            if retry:
+                hinted = sample([add_hint(prompts[b], truths[b], scale) for b in retry])
+                for b, texts in zip(retry, hinted):
+                    idx, verdicts = first_kept(texts, partial(judge_hinted, truth=truths[b], scale=scale))
+                    _count(stats["hint_rejects"], verdicts if idx is None else verdicts[:idx])
+                    if idx is not None:
+                        kept[b] = (texts[idx], verdicts[idx].rating, "hint")
+                    else:
+                        reason = drop_reason(verdicts)
+                        stats["dropped"] += 1
+                        stats["drop_reasons"][reason] += 1
+                        stats["dropped_keys"][dm.sample_key(ds.positions[batch[b]])] = reason
+            for b, (text, rating, source) in sorted(kept.items()):
+                key = dm.sample_key(ds.positions[batch[b]])
+                line = {"key": key, "completion": text, "rating": rating, "target": truths[b], "source": source}
+                out.write(json.dumps(line) + "\n")
+                stats["kept_direct" if source == "direct" else "kept_hint"] += 1
+                have += 1
+            out.flush()
+            os.fsync(out.fileno())
+            _write_json(stats_path, stats)
+            log.info("coldstart: %d / %d traces (%s)", have, cfg.num_traces, _summary(stats))
+    _write_json(stats_path, stats)
+    return stats
+
+
+def _summary(stats: dict) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in stats["drop_reasons"].items())
+    return f"direct {stats['kept_direct']}, hint {stats['kept_hint']}, dropped {stats['dropped']} ({reasons})"
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+CONFIG_SECTIONS = (("data", "data"), ("model.init_args.policy", "policy"), ("model.init_args.traces", "output"))
+
+
+def build_parser():
+    from jsonargparse import ArgumentParser
+
+    from reczero.cli import add_data_arguments
+    from reczero.policy import PolicyConfig
+
+    parser = ArgumentParser(prog="reczero coldstart", description="Build SFT reasoning traces with a teacher model.")
+    add_data_arguments(parser)
+    parser.add_class_arguments(PolicyConfig, "policy")
+    parser.add_argument("--output", type=str, default=None, help="traces JSONL (default: the config's model traces)")
+    parser.add_argument("--teacher", type=str, default=None, help="hub id or folder (default: policy.model)")
+    parser.add_argument("--num-traces", type=int, default=1000, help="stop once the output holds this many")
+    parser.add_argument("--tries", type=int, default=4, help="completions sampled per prompt, per round")
+    parser.add_argument("--tolerance", type=float, default=0.5, help="max |rating - truth| kept without a hint")
+    parser.add_argument("--batch-size", type=int, default=4, help="samples per generate call")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0, help="sample order and sampling seed")
+    parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:1 ...")
+    parser.add_argument("--if-missing", action="store_true", help="do nothing when the output file exists")
+    return parser
+
+
+def main(args: list[str]) -> dict | None:
+    from reczero.cli import parse_with_config
+    from reczero.evaluate import load_model
+
+    parser = build_parser()
+    cfg = parse_with_config(parser, args, CONFIG_SECTIONS)
+    if not cfg.output:
+        parser.error("--output is required (or a --config whose model.init_args.traces names the file)")
+    for name in ("num_traces", "tries", "batch_size"):
+        if getattr(cfg, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if cfg.if_missing and Path(cfg.output).exists():
+        print(f"{cfg.output} exists; nothing to do (--if-missing)")
+        return None
+    init = parser.instantiate_classes(cfg)
+    teacher = dataclasses.replace(init.policy, model=cfg.teacher or init.policy.model, adapter_path=None)
+    model, tokenizer, _ = load_model(teacher, device=cfg.device)
+    stats = run_coldstart(model, tokenizer, init.data, cfg.output, cfg)
+    print(f"{cfg.output}: {_summary(stats)}")
+    return stats
