@@ -5,9 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/grpo.yaml
 ARGS   ?=
+SFT_CONFIG    ?= configs/sft.yaml
+RECONE_CONFIG ?= configs/recone.yaml
+NUM_TRACES    ?= 64
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format data-stats train-grpo baselines evaluate report
+.PHONY: help install test test-all lint format data-stats train-grpo baselines evaluate report coldstart train-sft train-recone
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -50,3 +53,15 @@ evaluate: install ## Evaluate a policy on CONFIG's data; ARGS="--ckpt F | --adap
 
 report: install ## Markdown table + PNGs; ARGS="--inputs a.metrics.json b.json --runs checkpoints/RUN --out reports/NAME"
 	$(BIN)/reczero report $(ARGS)
+
+coldstart train-sft: CONFIG = $(SFT_CONFIG)
+coldstart: install ## RecOne traces for CONFIG (default configs/sft.yaml), NUM_TRACES of them; resumes; ARGS="--teacher ID"
+	$(BIN)/reczero coldstart --config $(CONFIG) --num-traces $(NUM_TRACES) $(ARGS)
+
+train-sft: install ## RecOne SFT cold start on CONFIG (default configs/sft.yaml; its traces must exist)
+	$(BIN)/reczero fit --config $(CONFIG) $(ARGS)
+
+train-recone: install ## RecOne in one go: coldstart (if the traces file is missing), SFT, then GRPO from the SFT adapter
+	$(BIN)/reczero coldstart --config $(SFT_CONFIG) --num-traces $(NUM_TRACES) --if-missing
+	$(BIN)/reczero fit --config $(SFT_CONFIG)
+	$(BIN)/reczero fit --config $(RECONE_CONFIG) $(ARGS)

@@ -16,7 +16,8 @@ hint and keep an explanation that reaches it without mentioning it (Reason4Rec's
 Output: the traces JSONL (`reczero.traces` format, plus `target` and `source` = "direct" | "hint"),
 appended and flushed after every batch, and `<output>.stats.json` (rewritten after every batch):
 kept directly, kept after the hint, dropped by reason. Resumable: samples already in the output, or
-recorded as dropped in the stats, are skipped, and the run stops once the output holds `--num-traces`.
+recorded as dropped in the stats, are skipped, and the run stops once the output holds `--num-traces`
+(or after `--max-samples` samples tried in this run, a budget cap).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def _tokenize(tokenizer, texts: list[str], device):
 
 def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
     """Build traces for `dm`'s train split with `model` (eval mode); returns the stats. `cfg` holds
-    num_traces, tries, tolerance, batch_size, temperature, top_p, max_new_tokens, seed."""
+    num_traces, max_samples, tries, tolerance, batch_size, temperature, top_p, max_new_tokens, seed."""
     import torch
 
     from reczero.generation import SamplingConfig, generate
@@ -156,6 +157,7 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
     ds, scale = dm.dataset("train"), dm.scale
     order = [i for i in range(len(ds)) if dm.sample_key(ds.positions[i]) not in done]
     random.Random(cfg.seed).shuffle(order)
+    order = order[: cfg.max_samples] if cfg.max_samples else order
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     generator = torch.Generator(model.device).manual_seed(cfg.seed)
     device, prefix = model.device, dm.response_prefix
@@ -230,6 +232,7 @@ def build_parser():
     parser.add_argument("--output", type=str, default=None, help="traces JSONL (default: the config's model traces)")
     parser.add_argument("--teacher", type=str, default=None, help="hub id or folder (default: policy.model)")
     parser.add_argument("--num-traces", type=int, default=1000, help="stop once the output holds this many")
+    parser.add_argument("--max-samples", type=int, default=None, help="try at most this many samples in this run")
     parser.add_argument("--tries", type=int, default=4, help="completions sampled per prompt, per round")
     parser.add_argument("--tolerance", type=float, default=0.5, help="max |rating - truth| kept without a hint")
     parser.add_argument("--batch-size", type=int, default=4, help="samples per generate call")

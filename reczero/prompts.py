@@ -100,8 +100,25 @@ def answer_format(scale: RatingScale) -> str:
     return "\n".join(rows)
 
 
-def user_message(inp: PromptInput, review_chars: int = 200) -> str:
-    """The user turn: history, target item, then the instruction with the answer skeleton."""
+def example_answer(scale: RatingScale) -> str:
+    """A one-shot worked answer (about another user and item) for small models that cannot follow the
+    skeleton alone; its rating sits at three quarters of the scale (4 on 1-5), near where most
+    ratings fall, so a copied number is a plausible guess rather than an outlier."""
+    rating = format_rating(round(scale.low + 0.75 * scale.span), scale)
+    return "\n".join(
+        (
+            "Example of a complete answer, about a different user and item:",
+            "<analyze user>Enjoys light comedies and animation; rates horror low.</analyze user>",
+            "<analyze item>A warm animated comedy; reviewers praise its humour, a few find it slight.</analyze item>",
+            "<match>Comedy and animation are this user's favourite genres, so it fits well.</match>",
+            f"<rate>{rating}</rate>",
+        )
+    )
+
+
+def user_message(inp: PromptInput, review_chars: int = 200, example: bool = False) -> str:
+    """The user turn: history, target item, then the instruction with the answer skeleton
+    (and, with `example`, a worked answer about another user and item)."""
     scale = inp.scale
     parts = [
         f"Predict how this user will rate the target item on a scale from {_num(scale.low)} to {_num(scale.high)}."
@@ -120,13 +137,17 @@ def user_message(inp: PromptInput, review_chars: int = 200) -> str:
     parts.append(f"The item's average rating: {_average(inp.item_avg, inp.item_count)}.")
     parts.append("\nThink before you rate. Answer in exactly four tagged steps, in this order, then stop:")
     parts.append(answer_format(scale))
+    if example:
+        parts.append("\n" + example_answer(scale))
     return "\n".join(parts)
 
 
-def build_messages(inp: PromptInput, review_chars: int = 200, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict]:
+def build_messages(
+    inp: PromptInput, review_chars: int = 200, system_prompt: str | None = SYSTEM_PROMPT, example: bool = False
+) -> list[dict]:
     """Chat messages for `tokenizer.apply_chat_template` (system first when given)."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": user_message(inp, review_chars)})
+    messages.append({"role": "user", "content": user_message(inp, review_chars, example)})
     return messages
 
 

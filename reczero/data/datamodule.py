@@ -213,6 +213,8 @@ class RatingDataModule(L.LightningDataModule):
         system_prompt: the system message (merged into the user turn for templates without one).
         response_prefix: text the assistant turn starts with (e.g. "<analyze user>"), part of the prompt;
             rewards and metrics score it together with the completion. Helps small models find the format.
+        answer_example: add a one-shot worked answer (another user and item) after the skeleton; for
+            small models that cannot follow the skeleton alone.
         batch_size: prompts per training step (GRPO samples `group_size` completions of each).
         eval_batch_size: prompts per validation/test/predict batch.
         num_workers: DataLoader worker processes.
@@ -229,6 +231,7 @@ class RatingDataModule(L.LightningDataModule):
         review_chars: int = 200,
         system_prompt: str | None = prompts.SYSTEM_PROMPT,
         response_prefix: str = "",
+        answer_example: bool = False,
         batch_size: int = 2,
         eval_batch_size: int = 8,
         num_workers: int = 0,
@@ -247,6 +250,7 @@ class RatingDataModule(L.LightningDataModule):
         self.review_chars = review_chars
         self.system_prompt = system_prompt
         self.response_prefix = response_prefix
+        self.answer_example = answer_example
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -301,7 +305,12 @@ class RatingDataModule(L.LightningDataModule):
             raise RuntimeError("RatingDataModule needs the policy's tokenizer: call set_tokenizer() first")
         if self._renderer is None:
             self._renderer = PromptRenderer(
-                self.tokenizer, self.max_prompt_tokens, self.review_chars, self.system_prompt, self.response_prefix
+                self.tokenizer,
+                self.max_prompt_tokens,
+                self.review_chars,
+                self.system_prompt,
+                self.response_prefix,
+                self.answer_example,
             )
         return self._renderer
 

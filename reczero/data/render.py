@@ -76,9 +76,11 @@ class PromptRenderer:
         review_chars: int = 200,
         system_prompt: str | None = prompts.SYSTEM_PROMPT,
         response_prefix: str = "",
+        answer_example: bool = False,
     ):
         self.tokenizer = tokenizer
         self.response_prefix = response_prefix
+        self.answer_example = answer_example
         self.max_prompt_tokens = max_prompt_tokens
         self.review_chars = review_chars
         self.system_prompt = system_prompt
@@ -108,10 +110,10 @@ class PromptRenderer:
         return prefix, suffix
 
     def render_text(self, inp: prompts.PromptInput, review_chars: int) -> str:
-        content = prompts.user_message(inp, review_chars)
+        content = prompts.user_message(inp, review_chars, self.answer_example)
         if self._prefix is not None:  # a merged system prompt is already inside the prefix
             return self._prefix + content + self._suffix + self.response_prefix
-        messages = prompts.build_messages(inp, review_chars, self.system_prompt)
+        messages = prompts.build_messages(inp, review_chars, self.system_prompt, self.answer_example)
         text = self._chat(prompts.merge_system(messages) if self.system_merged else messages)
         return text + self.response_prefix
 
