@@ -8,7 +8,8 @@ hint and keep an explanation that reaches it without mentioning it (Reason4Rec's
      base model, `--teacher` any hub id or folder) samples `--tries` completions of each prompt
      (one batched `generation.generate` call, shared prefill);
   2. a sample keeps its first completion that passes `rewards.check_format` with a rating within
-     `--tolerance` of the truth (`judge_direct`);
+     `--tolerance` of the truth (`judge_direct`); with `data.answer_example`, completions that copy
+     the prompt's one-shot example answer are rejected too (`copies_example`);
   3. the others are asked again, the prompt extended by `hint_sentence(truth)`, `--tries` completions
      each; kept: the first that passes the format, rates exactly the hint and does not leak it
      (`judge_hinted`, `traces.leaks_hint`); else the sample is dropped.
@@ -33,19 +34,19 @@ from pathlib import Path
 
 from reczero import rewards
 from reczero.data.schema import RatingScale
-from reczero.prompts import answer_format, format_rating
+from reczero.prompts import STEP_TAGS, answer_format, example_answer, format_rating
 from reczero.traces import leaks_hint
 
 log = logging.getLogger(__name__)
 
 # How far a dropped sample's best hinted try got, worst first: it is counted under the furthest.
-DROP_STAGES = ("format", "wrong_rating", "leak")
+DROP_STAGES = ("format", "copied_example", "wrong_rating", "leak")
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """keep: use this completion. reason: "ok", "format:<check_format reason>", "wrong_rating" or
-    "leak:<leaks_hint reason>". rating: the parsed rating (None when unparsable)."""
+    """keep: use this completion. reason: "ok", "format:<check_format reason>", "copied_example",
+    "wrong_rating" or "leak:<leaks_hint reason>". rating: the parsed rating (None when unparsable)."""
 
     keep: bool
     reason: str
@@ -56,21 +57,47 @@ class Verdict:
         return self.reason.split(":", 1)[0]
 
 
-def judge_direct(completion: str, truth: float, scale: RatingScale, tolerance: float) -> Verdict:
-    """Without a hint: keep when the format passes and |rating - truth| <= tolerance."""
+def copies_example(completion: str, example: str | None) -> bool:
+    """True when a reasoning block of the prompt's one-shot `example` answer (`data.answer_example`)
+    reappears verbatim in `completion`: small teachers copy it, and the copy is about another user."""
+    if not example:
+        return False
+    for tag in STEP_TAGS[:-1]:
+        start, end = example.find(f"<{tag}>"), example.find(f"</{tag}>")
+        block = example[start + len(tag) + 2 : end].strip() if 0 <= start < end else ""
+        if block and block in completion:
+            return True
+    return False
+
+
+def _check(completion: str, scale: RatingScale, example: str | None) -> tuple[rewards.FormatCheck, Verdict | None]:
     check = rewards.check_format(completion, scale)
     if not check.ok:
-        return Verdict(False, f"format:{check.reason}", check.rating)
+        return check, Verdict(False, f"format:{check.reason}", check.rating)
+    if copies_example(completion, example):
+        return check, Verdict(False, "copied_example", check.rating)
+    return check, None
+
+
+def judge_direct(
+    completion: str, truth: float, scale: RatingScale, tolerance: float, example: str | None = None
+) -> Verdict:
+    """Without a hint: keep when the format passes, the prompt's `example` answer is not copied, and
+    |rating - truth| <= tolerance."""
+    check, rejected = _check(completion, scale, example)
+    if rejected:
+        return rejected
     if abs(check.rating - truth) > tolerance + rewards.EXACT_TOLERANCE:
         return Verdict(False, "wrong_rating", check.rating)
     return Verdict(True, "ok", check.rating)
 
 
-def judge_hinted(completion: str, truth: float, scale: RatingScale) -> Verdict:
-    """With the hint: keep when the format passes, the rating equals the hint, and `leaks_hint` is None."""
-    check = rewards.check_format(completion, scale)
-    if not check.ok:
-        return Verdict(False, f"format:{check.reason}", check.rating)
+def judge_hinted(completion: str, truth: float, scale: RatingScale, example: str | None = None) -> Verdict:
+    """With the hint: keep when the format passes, the `example` is not copied, the rating equals the
+    hint, and `leaks_hint` is None."""
+    check, rejected = _check(completion, scale, example)
+    if rejected:
+        return rejected
     if abs(check.rating - truth) > rewards.EXACT_TOLERANCE:
         return Verdict(False, "wrong_rating", check.rating)
     leak = leaks_hint(completion, truth, scale)
@@ -87,13 +114,13 @@ def hint_sentence(truth: float, scale: RatingScale) -> str:
 
 
 def add_hint(prompt: str, truth: float, scale: RatingScale) -> str:
-    """`prompt` with the hint sentence on its own line right after the answer skeleton (inside the user
-    turn, before the chat template's assistant header). Adds ~30 tokens beyond `max_prompt_tokens`."""
-    skeleton = answer_format(scale)
-    at = prompt.rfind(skeleton)
-    if at < 0:
+    """`prompt` with the hint sentence on its own line at the end of the instruction: after the answer
+    skeleton, or after the one-shot example answer when the prompt shows one (inside the user turn,
+    before the chat template's assistant header). Adds ~30 tokens beyond `max_prompt_tokens`."""
+    ends = [prompt.rfind(s) + len(s) for s in (answer_format(scale), example_answer(scale)) if s in prompt]
+    if not ends:
         raise ValueError("the prompt does not contain the answer skeleton; cannot place the hint")
-    end = at + len(skeleton)
+    end = max(ends)
     return f"{prompt[:end]}\n{hint_sentence(truth, scale)}{prompt[end:]}"
 
 
@@ -161,6 +188,7 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     generator = torch.Generator(model.device).manual_seed(cfg.seed)
     device, prefix = model.device, dm.response_prefix
+    example = example_answer(scale) if getattr(dm, "answer_example", False) else None
     log.info("coldstart: %d traces so far, %d train samples left, target %d", have, len(order), cfg.num_traces)
 
     def sample(prompts: list[str]) -> list[list[str]]:  # B prompts -> B lists of `tries` completions
@@ -179,7 +207,8 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
             kept: dict[int, tuple[str, float, str]] = {}
             for b, texts in enumerate(sample(prompts)):
                 idx, verdicts = first_kept(
-                    texts, partial(judge_direct, truth=truths[b], scale=scale, tolerance=cfg.tolerance)
+                    texts,
+                    partial(judge_direct, truth=truths[b], scale=scale, tolerance=cfg.tolerance, example=example),
                 )
                 _count(stats["direct_rejects"], verdicts if idx is None else verdicts[:idx])
                 if idx is not None:
@@ -188,14 +217,16 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
             if retry:
                 hinted = sample([add_hint(prompts[b], truths[b], scale) for b in retry])
                 for b, texts in zip(retry, hinted):
-                    idx, verdicts = first_kept(texts, partial(judge_hinted, truth=truths[b], scale=scale))
+                    idx, verdicts = first_kept(
+                        texts, partial(judge_hinted, truth=truths[b], scale=scale, example=example)
+                    )
                     _count(stats["hint_rejects"], verdicts if idx is None else verdicts[:idx])
                     if idx is not None:
                         kept[b] = (texts[idx], verdicts[idx].rating, "hint")
                     else:
                         reason = drop_reason(verdicts)
                         stats["dropped"] += 1
-                        stats["drop_reasons"][reason] += 1
+                        stats["drop_reasons"][reason] = stats["drop_reasons"].get(reason, 0) + 1
                         stats["dropped_keys"][dm.sample_key(ds.positions[batch[b]])] = reason
             for b, (text, rating, source) in sorted(kept.items()):
                 key = dm.sample_key(ds.positions[batch[b]])

@@ -159,6 +159,7 @@ def test_fit_fast_dev_run_through_the_cli(tmp_path, tiny_model_dir):
             "--model.init_args.val_max_new_tokens=8",
             f"--model.init_args.adapter_dir={out / 'adapter'}",
             f"--data.cache_dir={tmp_path / 'cache'}",
+            "--data.max_prompt_tokens=4096",
             "--data.source.synthetic_users=30",
             "--data.source.synthetic_items=20",
             "--data.samples.min_history=2",

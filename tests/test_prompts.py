@@ -249,3 +249,18 @@ def test_prompts_module_is_pure() -> None:
     code = "import sys, reczero.prompts; print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_example_answer_is_a_passing_answer_on_every_scale():
+    """The one-shot example must itself pass the format check (a small model copies it)."""
+    from reczero import rewards
+    from reczero.data.schema import SCALES
+
+    for name, expected in (("1-5", 4.0), ("0.5-5", 4.0), ("1-10", 8.0)):
+        scale = SCALES[name]
+        example = prompts.example_answer(scale).split("\n", 1)[1]
+        assert rewards.check_format(example, scale).ok
+        assert rewards.parse_rating(example) == expected
+        inp = prompts.PromptInput(scale=scale, item_title="X")
+        assert example in prompts.user_message(inp, example=True)
+        assert example not in prompts.user_message(inp)

@@ -22,7 +22,7 @@ from reczero.data.sources import SourceConfig
 from reczero.modules.grpo_module import GRPOModule, save_stacked_adapter
 from reczero.modules.sft_module import SFTModule, completion_loss, policy_completion_loss
 from reczero.policy import PolicyConfig, build_policy, reference_mode, save_adapter
-from reczero.prompts import format_completion
+from reczero.prompts import example_answer, format_completion
 from reczero.traces import leaks_hint
 
 SCALE = SCALES["1-5"]
@@ -262,8 +262,19 @@ def test_keep_and_drop_decisions():
     assert coldstart.first_kept(["junk", leaky, four], lambda t: coldstart.judge_hinted(t, 4, SCALE))[0] == 2
 
 
-def test_hint_goes_inside_the_user_turn(cache, tiny_tokenizer):
-    dm = make_dm(cache, tiny_tokenizer)
+def test_copies_of_the_one_shot_example_are_rejected():
+    example = example_answer(SCALE)
+    copied = example.split("Example of a complete answer, about a different user and item:\n")[1]
+    assert coldstart.copies_example(copied, example) and not coldstart.copies_example(copied, None)
+    assert coldstart.judge_direct(copied, 4, SCALE, 0.5, example).reason == "copied_example"
+    assert coldstart.judge_direct(copied, 4, SCALE, 0.5).keep  # no example in the prompt: a fine answer
+    own = format_completion("Likes dramas.", "A drama.", "Fits.", 4, SCALE)
+    assert coldstart.judge_hinted(own, 4, SCALE, example).keep
+
+
+@pytest.mark.parametrize("with_example", [False, True])
+def test_hint_goes_inside_the_user_turn(cache, tiny_tokenizer, with_example):
+    dm = make_dm(cache, tiny_tokenizer, answer_example=with_example)
     prompt = dm.dataset("train").prompt_text(0)
     hinted = coldstart.add_hint(prompt, 4.0, SCALE)
     hint = coldstart.hint_sentence(4.0, SCALE)
@@ -272,6 +283,7 @@ def test_hint_goes_inside_the_user_turn(cache, tiny_tokenizer):
     )
     assert hinted.replace("\n" + hint, "") == prompt
     assert hinted.index(hint) < hinted.rindex("<|im_start|>assistant") and hinted.endswith(PREFIX)
+    assert hinted.index(hint) > prompt.rindex("<rate>")  # after the skeleton and any example answer
     assert leaks_hint(hint, 4.0, SCALE) is not None  # the sentence itself would leak, of course
 
 
