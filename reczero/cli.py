@@ -143,9 +143,20 @@ def _tokenizer(name: str | None):
 USAGE = __doc__
 
 
+def _log_handler() -> None:
+    """reczero's INFO messages on stderr; Lightning and transformers keep their own handlers."""
+    logger = logging.getLogger("reczero")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _log_handler()
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return

@@ -69,6 +69,9 @@ def load_or_build(
 
 def _store(folder: Path, data: InteractionData, table: SampleTable) -> None:
     from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # a progress bar per table written is noise in training logs
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
