@@ -20,7 +20,7 @@ def test_two_process_ddp_keeps_groups_on_one_rank(tmp_path, tiny_model_dir):
         "--model.init_args.rollout.group_size=4",
         f"--model.init_args.adapter_dir={out / 'adapter'}",
         f"--model.init_args.rollout_log={out / 'rollouts.jsonl'}",
-        f"--data.cache_dir={tmp_path / 'cache'}", "--data.max_prompt_tokens=4096",
+        f"--data.cache_dir={tmp_path / 'cache'}", "--data.max_prompt_tokens=1536",
         "--data.source.synthetic_users=40", "--data.source.synthetic_items=20", "--data.samples.min_history=2",
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
         f"--trainer.callbacks.init_args.dirpath={out / 'ckpt'}",

@@ -109,7 +109,7 @@ def _tiny_data(tmp_path, **kwargs) -> RatingDataModule:
     return RatingDataModule(
         source=SourceConfig(format="synthetic", synthetic_users=30, synthetic_items=20, synthetic_ratings_per_user=8),
         samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 4, "test": 4}),
-        max_prompt_tokens=2048,
+        max_prompt_tokens=1536,
         cache_dir=str(tmp_path / "cache"),
         **kwargs,
     )
@@ -159,7 +159,7 @@ def test_fit_fast_dev_run_through_the_cli(tmp_path, tiny_model_dir):
             "--model.init_args.val_max_new_tokens=8",
             f"--model.init_args.adapter_dir={out / 'adapter'}",
             f"--data.cache_dir={tmp_path / 'cache'}",
-            "--data.max_prompt_tokens=4096",
+            "--data.max_prompt_tokens=1536",
             "--data.source.synthetic_users=30",
             "--data.source.synthetic_items=20",
             "--data.samples.min_history=2",
@@ -223,3 +223,54 @@ def test_lr_schedule_warmup_then_decay():
     assert lr_lambda(12, 4, 20, "cosine") == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_lambda(20, 4, 20, "cosine") == pytest.approx(0.1)
     assert lr_lambda(12, 4, 20, "linear") == pytest.approx(1 - 0.9 * 0.5)
+
+
+def test_prompt_budget_beyond_the_model_context_fails_at_start(tmp_path, tiny_model_dir):
+    module = GRPOModule(
+        policy=PolicyConfig(model=str(tiny_model_dir), lora_r=4),
+        rollout=RolloutConfig(group_size=2, max_new_tokens=64),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    data = _tiny_data(tmp_path)
+    data.max_prompt_tokens = 2000  # the tiny Llama's context is 2048
+    with pytest.raises(
+        ValueError, match=r"data.max_prompt_tokens \(2000\) \+ max new tokens \(256\).*context of 2048"
+    ):
+        trainer.fit(module, datamodule=data)
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, tiny_model_dir):
+    """A NaN advantage poisons the loss: the step is skipped with the optimizer untouched, and
+    `max_bad_steps` such steps in a row stop the run with the sample ids named."""
+    from reczero.modules.grpo_module import NonFiniteError
+
+    class _Poisoned(_ScriptedRollout):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+            pl_module.rollout.advantages[:] = float("nan")
+
+    class _PoisonedGRPO(GRPOModule):
+        def configure_callbacks(self):
+            return [_Poisoned(self.rollout_config, self.reward_spec)]
+
+    module = _PoisonedGRPO(
+        policy=PolicyConfig(model=str(tiny_model_dir), lora_r=4), rollout=RolloutConfig(group_size=4), max_bad_steps=2
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=5, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
+        limit_val_batches=0, enable_progress_bar=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+    with pytest.raises(NonFiniteError, match=r"2 consecutive non-finite steps \(last samples \[\d+"):
+        trainer.fit(module, datamodule=_tiny_data(tmp_path, batch_size=1))
+    assert all(torch.equal(p.detach(), before[n]) for n, p in module.policy.named_parameters())
+    assert trainer.global_step == 0, "no optimizer step may run on a non-finite loss"
+    assert not module.optimizers().optimizer.state, "the optimizer state stays untouched"

@@ -30,7 +30,7 @@ PREFIX = "<analyze user>"
 DATA = dict(
     source=SourceConfig(format="synthetic", synthetic_users=30, synthetic_items=20, synthetic_ratings_per_user=8),
     samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 4, "test": 4}),
-    max_prompt_tokens=2048,
+    max_prompt_tokens=1536,
     response_prefix=PREFIX,
 )
 
@@ -348,7 +348,7 @@ def test_sft_fit_through_the_cli_with_held_out_traces(tmp_path, tiny_model_dir):
             "--data.source.synthetic_users=30", "--data.source.synthetic_items=20",
             "--data.source.synthetic_ratings_per_user=8",
             "--data.samples.user_history=6", "--data.samples.item_history=6", "--data.samples.min_history=2",
-            "--data.max_prompt_tokens=2048",
+            "--data.max_prompt_tokens=1536",
             f"--trainer.default_root_dir={out}",
             f"--trainer.logger.init_args.save_dir={out}",
             f"--trainer.callbacks.init_args.dirpath={out}",

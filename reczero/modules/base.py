@@ -89,6 +89,23 @@ class PolicyModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.policy is None:
             self.policy = build_policy(self.policy_config)
+        self.check_context_length()
+
+    def max_new_tokens(self) -> int:
+        """The longest completion this module generates (subclasses add their rollout length)."""
+        return self.hparams.val_max_new_tokens
+
+    def check_context_length(self) -> None:
+        """Fail at start-up, not mid-run, when prompt budget + completion cannot fit the model's context."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        context = getattr(getattr(self.policy, "config", None), "max_position_embeddings", None)
+        budget = getattr(dm, "max_prompt_tokens", None)
+        if context and budget and budget + self.max_new_tokens() > context:
+            raise ValueError(
+                f"data.max_prompt_tokens ({budget}) + max new tokens ({self.max_new_tokens()}) = "
+                f"{budget + self.max_new_tokens()} exceeds the model's context of {context} tokens "
+                f"({self.policy_config.model}); lower data.max_prompt_tokens or the max_new_tokens settings"
+            )
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

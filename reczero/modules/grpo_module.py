@@ -227,6 +227,9 @@ class GRPOModule(PolicyModule):
                 self.rollout_config.group_size,
             )
 
+    def max_new_tokens(self) -> int:
+        return max(self.hparams.val_max_new_tokens, self.rollout_config.max_new_tokens)
+
     def configure_callbacks(self):
         return [RolloutCallback(self.rollout_config, self.reward_spec)]
 
