@@ -158,6 +158,7 @@ def test_fit_fast_dev_run_through_the_cli(tmp_path, tiny_model_dir):
             "--model.init_args.rollout.max_new_tokens=8",
             "--model.init_args.val_max_new_tokens=8",
             f"--model.init_args.adapter_dir={out / 'adapter'}",
+            f"--model.init_args.rollout_log={out / 'logs' / 'rollouts.jsonl'}",
             f"--data.cache_dir={tmp_path / 'cache'}",
             "--data.max_prompt_tokens=1536",
             "--data.source.synthetic_users=30",
@@ -174,6 +175,7 @@ def test_fit_fast_dev_run_through_the_cli(tmp_path, tiny_model_dir):
     )
     assert (out / "adapter" / "adapter_config.json").exists()
     assert (out / "last.ckpt").exists()
+    assert len((out / "logs" / "rollouts.jsonl").read_text().splitlines()) == 2, "one rollout line per step"
     events = list((out / "tb").glob("events.out.tfevents.*"))
     assert events, "TensorBoard event file expected"
     ckpt = torch.load(out / "last.ckpt", weights_only=False)

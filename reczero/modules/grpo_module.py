@@ -29,6 +29,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from pathlib import Path
 
 import torch
 
@@ -366,6 +367,7 @@ class GRPOModule(PolicyModule):
             "predictions": preds,
             "completions_sha1": hashlib.sha1("\x00".join(record.texts).encode()).hexdigest(),
         }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as fh:
             fh.write(json.dumps(line) + "\n")
 
