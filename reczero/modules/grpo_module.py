@@ -29,7 +29,6 @@ import logging
 import math
 import time
 from pathlib import Path
-from pathlib import Path
 
 import torch
 
