@@ -18,10 +18,18 @@ Heavy imports (lightning, transformers, peft) happen inside the commands that ne
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test")  # `predict` is reczero.predict, not LightningCLI's
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+COMMANDS = {  # command -> "module:function(argv)", imported only when used
+    "evaluate": "reczero.evaluate:main",
+    "baselines": "reczero.evaluate:baselines_main",
+    "report": "reczero.report:main",
+    "predict": "reczero.predict:main",
+    "coldstart": "reczero.coldstart:main",
+}  # `predict` is reczero.predict, not LightningCLI's
 
 
 def lightning_cli(args: list[str] | None) -> None:
@@ -163,7 +171,6 @@ def _log_handler() -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,26 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         lightning_cli(None if argv is None else args)
     elif command == "data":
         data_command(rest)
-    elif command == "evaluate":
-        from reczero.evaluate import main as evaluate_main
-
-        evaluate_main(rest)
-    elif command == "baselines":
-        from reczero.evaluate import baselines_main
-
-        baselines_main(rest)
-    elif command == "report":
-        from reczero.report import main as report_main
-
-        report_main(rest)
-    elif command == "predict":
-        from reczero.predict import main as predict_main
-
-        predict_main(rest)
-    elif command == "coldstart":
-        from reczero.coldstart import main as coldstart_main
-
-        coldstart_main(rest)
+    elif command in COMMANDS:
+        module, function = COMMANDS[command].split(":")
+        getattr(importlib.import_module(module), function)(rest)
     else:
         print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
