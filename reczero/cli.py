@@ -182,11 +182,16 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     if command in LIGHTNING_COMMANDS:
         lightning_cli(None if argv is None else args)
-    elif command == "data":
-        data_command(rest)
-    elif command in COMMANDS:
-        module, function = COMMANDS[command].split(":")
-        getattr(importlib.import_module(module), function)(rest)
+    elif command == "data" or command in COMMANDS:
+        try:
+            if command == "data":
+                data_command(rest)
+            else:
+                module, function = COMMANDS[command].split(":")
+                getattr(importlib.import_module(module), function)(rest)
+        except (ValueError, FileNotFoundError) as err:  # bad input: the message says what and where
+            print(f"reczero {command}: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
     else:
         print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
