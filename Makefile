@@ -10,7 +10,7 @@ RECONE_CONFIG ?= configs/recone.yaml
 NUM_TRACES    ?= 64
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format data-stats train-grpo baselines evaluate report coldstart train-sft train-recone
+.PHONY: help install test test-all lint format data-stats train-grpo bench baselines evaluate report coldstart train-sft train-recone
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -65,3 +65,9 @@ train-recone: install ## RecOne in one go: coldstart (if the traces file is miss
 	$(BIN)/reczero coldstart --config $(SFT_CONFIG) --num-traces $(NUM_TRACES) --if-missing
 	$(BIN)/reczero fit --config $(SFT_CONFIG)
 	$(BIN)/reczero fit --config $(RECONE_CONFIG) $(ARGS)
+
+ML100K ?= ../shared/data/ml-100k
+
+bench: install ## GRPO step, reczero vs TRL GRPOTrainer side by side (installs the bench extra: TRL); ML100K=path
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/grpo_step.py --path $(ML100K)
