@@ -191,7 +191,18 @@ def main() -> None:
         return
     raw, summary = {}, {}
     for engine in ("reczero", "trl"):
-        cmd = [sys.executable, __file__, "--engine", engine, "--path", args.path, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--engine",
+            engine,
+            "--path",
+            args.path,
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
@@ -199,7 +210,9 @@ def main() -> None:
         raw[engine] = json.loads(line[len("RESULT ") :])
         summary[engine] = summarise(raw[engine], args.warmup)
     ours, theirs = summary["reczero"], summary["trl"]
-    print(f"GRPO step, bundled SmolLM2-135M fp32 CPU, G={G}, 1 prompt/step, <= {MAX_NEW} new tokens; medians of {args.steps} steps after {args.warmup} warm-up")
+    print(
+        f"GRPO step, bundled SmolLM2-135M fp32 CPU, G={G}, 1 prompt/step, <= {MAX_NEW} new tokens; medians of {args.steps} steps after {args.warmup} warm-up"
+    )
     print("| engine | step s | generation s | optimisation s | generated tok/s | trained tok/s | peak RSS GiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, row in summary.items():
@@ -208,7 +221,9 @@ def main() -> None:
             f"{row['generated_tokens_per_s']:.1f} | {row['trained_tokens_per_s']:.1f} | {row['peak_rss_gib']:.2f} |"
         )
     speedup = theirs["step_s"] / ours["step_s"]
-    print(f"step speed-up reczero vs TRL: {speedup:.2f}x; peak RSS ratio {ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}")
+    print(
+        f"step speed-up reczero vs TRL: {speedup:.2f}x; peak RSS ratio {ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"summary": summary, "speedup_step": speedup, "raw": raw, "steps": args.steps, "warmup": args.warmup}
     (RESULTS / "grpo_step.json").write_text(json.dumps(out, indent=2))
