@@ -106,6 +106,20 @@ class Decoded:
     finished: list[bool]
     rate_mass: float | None = None
 
+    def json_fields(self) -> dict:
+        return output_fields(self.completions, self.format_ok, self.rate_mass)
+
+
+def output_fields(completions: list[str], format_ok: list[bool], rate_mass: float | None) -> dict:
+    """The decoding part of an output JSON line, shared by `evaluate` and `predict`: one completion
+    as scalars, several as lists, `rate_mass` only in expected-rating mode."""
+    row: dict = {"format_ok": format_ok[0] if len(format_ok) == 1 else format_ok, "completion": completions[0]}
+    if len(completions) > 1:
+        row["completions"] = completions
+    if rate_mass is not None:
+        row["rate_mass"] = rate_mass
+    return row
+
 
 @dataclass
 class RatingCandidates:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from reczero import metrics
-from reczero.decoding import MODES, DecodeConfig, decode_batch, rating_candidates
+from reczero.decoding import MODES, DecodeConfig, decode_batch, output_fields, rating_candidates
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +142,9 @@ class SampleResult:
             "fallback_used": self.prediction is None,
             "history_len": self.history_len,
             "user_count": self.user_count,
-            "format_ok": self.format_ok[0] if len(self.format_ok) == 1 else self.format_ok,
             "finished": self.finished[0] if len(self.finished) == 1 else self.finished,
-            "completion": self.completions[0],
+            **output_fields(self.completions, self.format_ok, self.rate_mass),
         }
-        if len(self.completions) > 1:
-            row["completions"] = self.completions
-        if self.rate_mass is not None:
-            row["rate_mass"] = self.rate_mass
         return row
 
 

@@ -355,13 +355,8 @@ def predict_stream(model, tokenizer, dm, requests: list[Request], decode, batch_
                 "fallback": req.fallback,
                 "fallback_used": d.prediction is None,
                 "prediction": req.fallback if d.prediction is None else d.prediction,
-                "format_ok": d.format_ok[0] if len(d.format_ok) == 1 else d.format_ok,
-                "completion": d.completions[0],
+                **d.json_fields(),
             }
-            if len(d.completions) > 1:
-                row["completions"] = d.completions
-            if d.rate_mass is not None:
-                row["rate_mass"] = d.rate_mass
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
             written += 1
