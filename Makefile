@@ -8,6 +8,9 @@ ARGS   ?=
 SFT_CONFIG    ?= configs/sft.yaml
 RECONE_CONFIG ?= configs/recone.yaml
 NUM_TRACES    ?= 64
+# The CPU default's teacher is the 135M base model: it never passed a hinted try in a probe (0 of 28),
+# so the hint round is skipped and more direct tries are sampled; a stronger --teacher wants the hint.
+COLDSTART_ARGS ?= --tries 8 --hint-tries 0 --max-new-tokens 128
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all lint format data-stats train-grpo bench baselines evaluate report coldstart train-sft train-recone
@@ -56,13 +59,13 @@ report: install ## Markdown table + PNGs; ARGS="--inputs a.metrics.json b.json -
 
 coldstart train-sft: CONFIG = $(SFT_CONFIG)
 coldstart: install ## RecOne traces for CONFIG (default configs/sft.yaml), NUM_TRACES of them; resumes; ARGS="--teacher ID"
-	$(BIN)/reczero coldstart --config $(CONFIG) --num-traces $(NUM_TRACES) $(ARGS)
+	$(BIN)/reczero coldstart --config $(CONFIG) --num-traces $(NUM_TRACES) $(COLDSTART_ARGS) $(ARGS)
 
 train-sft: install ## RecOne SFT cold start on CONFIG (default configs/sft.yaml; its traces must exist)
 	$(BIN)/reczero fit --config $(CONFIG) $(ARGS)
 
-train-recone: install ## RecOne in one go: coldstart (if the traces file is missing), SFT, then GRPO from the SFT adapter
-	$(BIN)/reczero coldstart --config $(SFT_CONFIG) --num-traces $(NUM_TRACES) --if-missing
+train-recone: install ## RecOne in one go: coldstart (resumes; done once NUM_TRACES are kept), SFT, then GRPO from the SFT adapter
+	$(BIN)/reczero coldstart --config $(SFT_CONFIG) --num-traces $(NUM_TRACES) $(COLDSTART_ARGS)
 	$(BIN)/reczero fit --config $(SFT_CONFIG)
 	$(BIN)/reczero fit --config $(RECONE_CONFIG) $(ARGS)
 

@@ -10,8 +10,8 @@ hint and keep an explanation that reaches it without mentioning it (Reason4Rec's
   2. a sample keeps its first completion that passes `rewards.check_format` with a rating within
      `--tolerance` of the truth (`judge_direct`); with `data.answer_example`, completions that copy
      the prompt's one-shot example answer are rejected too (`copies_example`);
-  3. the others are asked again, the prompt extended by `hint_sentence(truth)`, `--tries` completions
-     each; kept: the first that passes the format, rates exactly the hint and does not leak it
+  3. the others are asked again, the prompt extended by `hint_sentence(truth)`, `--hint-tries`
+     completions each (default `--tries`; 0 skips this round); kept: the first that passes the format, rates exactly the hint and does not leak it
      (`judge_hinted`, `traces.leaks_hint`); else the sample is dropped.
 
 Output: the traces JSONL (`reczero.traces` format, plus `target` and `source` = "direct" | "hint"),
@@ -131,7 +131,8 @@ def first_kept(texts: list[str], judge) -> tuple[int | None, list[Verdict]]:
 
 
 def drop_reason(verdicts: list[Verdict]) -> str:
-    """A dropped sample's reason: the furthest `DROP_STAGES` entry any of its hinted tries reached."""
+    """A dropped sample's reason: the furthest `DROP_STAGES` entry any of its last round's tries reached
+    (the hinted round, or the direct one when `--hint-tries 0`)."""
     return max((v.stage for v in verdicts), key=DROP_STAGES.index, default="format")
 
 
@@ -171,7 +172,7 @@ def _tokenize(tokenizer, texts: list[str], device):
 
 def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
     """Build traces for `dm`'s train split with `model` (eval mode); returns the stats. `cfg` holds
-    num_traces, max_samples, tries, tolerance, batch_size, temperature, top_p, max_new_tokens, seed."""
+    num_traces, max_samples, tries, hint_tries, tolerance, batch_size, temperature, top_p, max_new_tokens, seed."""
     import torch
 
     from reczero.generation import SamplingConfig, generate
@@ -191,11 +192,13 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
     example = example_answer(scale) if getattr(dm, "answer_example", False) else None
     log.info("coldstart: %d traces so far, %d train samples left, target %d", have, len(order), cfg.num_traces)
 
-    def sample(prompts: list[str]) -> list[list[str]]:  # B prompts -> B lists of `tries` completions
+    def sample(prompts: list[str], tries: int) -> list[list[str]]:  # B prompts -> B lists of `tries` completions
         ids, mask = _tokenize(tokenizer, prompts, device)
-        texts = generate(model, tokenizer, ids, mask, cfg.tries, sampling, generator).texts  # B * tries, prompt-major
+        texts = generate(model, tokenizer, ids, mask, tries, sampling, generator).texts  # B * tries, prompt-major
         texts = [(prefix + t).rstrip() for t in texts]
-        return [texts[b * cfg.tries : (b + 1) * cfg.tries] for b in range(len(prompts))]
+        return [texts[b * tries : (b + 1) * tries] for b in range(len(prompts))]
+
+    hint_tries = cfg.tries if cfg.hint_tries is None else cfg.hint_tries
 
     with output.open("a", encoding="utf-8") as out:
         start = 0
@@ -205,7 +208,8 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
             prompts = [ds.prompt_text(i) for i in batch]
             truths = [ds.data.interactions[ds.table.target[ds.positions[i]]].rating for i in batch]
             kept: dict[int, tuple[str, float, str]] = {}
-            for b, texts in enumerate(sample(prompts)):
+            failed: dict[int, list[Verdict]] = {}  # b -> the verdicts that drop it, unless a hinted try is kept
+            for b, texts in enumerate(sample(prompts, cfg.tries)):
                 idx, verdicts = first_kept(
                     texts,
                     partial(judge_direct, truth=truths[b], scale=scale, tolerance=cfg.tolerance, example=example),
@@ -213,9 +217,11 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
                 _count(stats["direct_rejects"], verdicts if idx is None else verdicts[:idx])
                 if idx is not None:
                     kept[b] = (texts[idx], verdicts[idx].rating, "direct")
+                else:
+                    failed[b] = verdicts
             retry = [b for b in range(len(batch)) if b not in kept]
-            if retry:
-                hinted = sample([add_hint(prompts[b], truths[b], scale) for b in retry])
+            if retry and hint_tries:
+                hinted = sample([add_hint(prompts[b], truths[b], scale) for b in retry], hint_tries)
                 for b, texts in zip(retry, hinted):
                     idx, verdicts = first_kept(
                         texts, partial(judge_hinted, truth=truths[b], scale=scale, example=example)
@@ -223,11 +229,14 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
                     _count(stats["hint_rejects"], verdicts if idx is None else verdicts[:idx])
                     if idx is not None:
                         kept[b] = (texts[idx], verdicts[idx].rating, "hint")
+                        del failed[b]
                     else:
-                        reason = drop_reason(verdicts)
-                        stats["dropped"] += 1
-                        stats["drop_reasons"][reason] = stats["drop_reasons"].get(reason, 0) + 1
-                        stats["dropped_keys"][dm.sample_key(ds.positions[batch[b]])] = reason
+                        failed[b] = verdicts
+            for b, verdicts in failed.items():
+                reason = drop_reason(verdicts)
+                stats["dropped"] += 1
+                stats["drop_reasons"][reason] = stats["drop_reasons"].get(reason, 0) + 1
+                stats["dropped_keys"][dm.sample_key(ds.positions[batch[b]])] = reason
             for b, (text, rating, source) in sorted(kept.items()):
                 key = dm.sample_key(ds.positions[batch[b]])
                 line = {"key": key, "completion": text, "rating": rating, "target": truths[b], "source": source}
@@ -265,6 +274,9 @@ def build_parser():
     parser.add_argument("--num-traces", type=int, default=1000, help="stop once the output holds this many")
     parser.add_argument("--max-samples", type=int, default=None, help="try at most this many samples in this run")
     parser.add_argument("--tries", type=int, default=4, help="completions sampled per prompt, per round")
+    parser.add_argument(
+        "--hint-tries", type=int, default=None, help="completions per hinted prompt (default --tries; 0: no hint round)"
+    )
     parser.add_argument("--tolerance", type=float, default=0.5, help="max |rating - truth| kept without a hint")
     parser.add_argument("--batch-size", type=int, default=4, help="samples per generate call")
     parser.add_argument("--temperature", type=float, default=0.8)
@@ -287,6 +299,8 @@ def main(args: list[str]) -> dict | None:
     for name in ("num_traces", "tries", "batch_size"):
         if getattr(cfg, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if cfg.hint_tries is not None and cfg.hint_tries < 0:
+        parser.error("--hint-tries must be >= 0")
     if cfg.if_missing and Path(cfg.output).exists():
         print(f"{cfg.output} exists; nothing to do (--if-missing)")
         return None

@@ -287,10 +287,11 @@ def test_hint_goes_inside_the_user_turn(cache, tiny_tokenizer, with_example):
     assert leaks_hint(hint, 4.0, SCALE) is not None  # the sentence itself would leak, of course
 
 
-def test_coldstart_on_the_tiny_model_writes_stats_and_resumes(tmp_path, cache, tiny_tokenizer, tiny_model):
+@pytest.mark.parametrize("hint_tries", [None, 0])
+def test_coldstart_on_the_tiny_model_writes_stats_and_resumes(tmp_path, cache, tiny_tokenizer, tiny_model, hint_tries):
     dm = make_dm(cache)
     cfg = SimpleNamespace(
-        num_traces=50, max_samples=3, tries=2, tolerance=0.5, batch_size=2,
+        num_traces=50, max_samples=3, tries=2, hint_tries=hint_tries, tolerance=0.5, batch_size=2,
         temperature=1.0, top_p=1.0, max_new_tokens=6, seed=0,
     )  # fmt: skip
     out = tmp_path / "traces.jsonl"
@@ -301,6 +302,7 @@ def test_coldstart_on_the_tiny_model_writes_stats_and_resumes(tmp_path, cache, t
     assert stats["kept_direct"] + stats["kept_hint"] == len(lines)
     assert len(lines) + stats["dropped"] == 3 == len(lines) + len(stats["dropped_keys"])
     assert sum(stats["drop_reasons"].values()) == stats["dropped"]
+    assert (stats["hint_rejects"] == {} and stats["kept_hint"] == 0) if hint_tries == 0 else True
     second = coldstart.run_coldstart(tiny_model, tiny_tokenizer, dm, out, cfg)  # resumes: 3 new samples
     keys = {json.loads(line)["key"] for line in out.read_text().splitlines()} | set(second["dropped_keys"])
     assert len(keys) == 6
