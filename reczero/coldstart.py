@@ -275,7 +275,10 @@ def build_parser():
     parser.add_argument("--max-samples", type=int, default=None, help="try at most this many samples in this run")
     parser.add_argument("--tries", type=int, default=4, help="completions sampled per prompt, per round")
     parser.add_argument(
-        "--hint-tries", type=int, default=None, help="completions per hinted prompt (default --tries; 0: no hint round)"
+        "--hint-tries",
+        type=int,
+        default=None,
+        help="completions per hinted prompt (default --tries; 0: no hint round)",
     )
     parser.add_argument("--tolerance", type=float, default=0.5, help="max |rating - truth| kept without a hint")
     parser.add_argument("--batch-size", type=int, default=4, help="samples per generate call")
