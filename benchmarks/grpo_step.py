@@ -1,7 +1,7 @@
 """One GRPO step, reczero vs TRL's GRPOTrainer, same model, prompts and settings, side by side.
 
     pip install -e '.[bench]'           # TRL 1.16.0 (never a dependency of reczero itself)
-    python benchmarks/grpo_step.py --path ../shared/data/ml-100k [--steps 3] [--warmup 1]
+    python benchmarks/grpo_step.py --path ../shared/data/ml-100k [--runs 2] [--steps 3] [--warmup 1]
 
 Both engines run in their own process (so peak RSS is each one's own): the bundled
 SmolLM2-135M-Instruct in fp32 on the CPU, LoRA r=16 / alpha 32 on all linear layers, one prompt per
@@ -9,7 +9,8 @@ step, G=8 completions, at most 128 new tokens, temperature 1.0, top-p 1.0, beta 
 one optimisation pass per rollout, token-mean loss, lr 1e-5, the paper's reward, seed 0, and the
 same rendered ML-100K training prompts in the same order. Per step: wall time split into generation
 and optimisation, generated tokens/s, trained (prompt + completion) tokens/s; medians over the steps
-after the warm-up. Prints a table with ratios; writes benchmarks/results/grpo_step.json.
+after each run's warm-up, pooled over `--runs` runs (the engines alternate). Prints a table with
+ratios (also per run); writes benchmarks/results/grpo_step.json (`--out`).
 """
 
 from __future__ import annotations
@@ -178,40 +179,41 @@ def summarise(result: dict, warmup: int) -> dict:
     }
 
 
+def pool(results: list[dict], warmup: int) -> dict:
+    """The measured steps of several runs as one result (warm-up steps dropped); peak RSS: the max."""
+    steps = [step for r in results for step in r["steps"][warmup:]]
+    return {"steps": steps, "peak_rss_gib": max(r["peak_rss_gib"] for r in results)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--path", default="../shared/data/ml-100k")
     ap.add_argument("--steps", type=int, default=3, help="measured steps per engine")
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=2, help="runs per engine, alternating; medians pool their steps")
+    ap.add_argument("--out", default="grpo_step.json", help="file name under benchmarks/results/")
     ap.add_argument("--engine", choices=["reczero", "trl"], default=None, help="(internal) run one engine")
     args = ap.parse_args()
     total = args.steps + args.warmup
     if args.engine:
         child(args.engine, args.path, total)
         return
-    raw, summary = {}, {}
-    for engine in ("reczero", "trl"):
-        cmd = [
-            sys.executable,
-            __file__,
-            "--engine",
-            engine,
-            "--path",
-            args.path,
-            "--steps",
-            str(args.steps),
-            "--warmup",
-            str(args.warmup),
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"{engine} failed:\n{done.stderr[-4000:]}")
-        raw[engine] = json.loads(line[len("RESULT ") :])
-        summary[engine] = summarise(raw[engine], args.warmup)
+    raw: dict[str, list[dict]] = {"reczero": [], "trl": []}
+    for run in range(args.runs):  # engines alternate, so a slow spell of the machine hits both
+        for engine in ("reczero", "trl"):
+            cmd = [sys.executable, __file__, "--engine", engine, "--path", args.path]
+            cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                raise SystemExit(f"{engine} failed:\n{done.stderr[-4000:]}")
+            raw[engine].append(json.loads(line[len("RESULT ") :]))
+            print(f"run {run + 1}/{args.runs} {engine}: {summarise(raw[engine][-1], args.warmup)}", flush=True)
+    summary = {engine: summarise(pool(results, args.warmup), 0) for engine, results in raw.items()}
     ours, theirs = summary["reczero"], summary["trl"]
     print(
-        f"GRPO step, bundled SmolLM2-135M fp32 CPU, G={G}, 1 prompt/step, <= {MAX_NEW} new tokens; medians of {args.steps} steps after {args.warmup} warm-up"
+        f"GRPO step, bundled SmolLM2-135M fp32 CPU, G={G}, 1 prompt/step, <= {MAX_NEW} new tokens; medians of "
+        f"{ours['measured_steps']} steps ({args.runs} runs x {args.steps} after {args.warmup} warm-up each)"
     )
     print("| engine | step s | generation s | optimisation s | generated tok/s | trained tok/s | peak RSS GiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -221,13 +223,29 @@ def main() -> None:
             f"{row['generated_tokens_per_s']:.1f} | {row['trained_tokens_per_s']:.1f} | {row['peak_rss_gib']:.2f} |"
         )
     speedup = theirs["step_s"] / ours["step_s"]
-    print(
-        f"step speed-up reczero vs TRL: {speedup:.2f}x; peak RSS ratio {ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}"
-    )
+    throughput = ours["trained_tokens_per_s"] / theirs["trained_tokens_per_s"]
+    per_run = [
+        summarise(r, args.warmup)["trained_tokens_per_s"] / summarise(t, args.warmup)["trained_tokens_per_s"]
+        for r, t in zip(raw["reczero"], raw["trl"])
+    ]
+    rss = ours["peak_rss_gib"] / theirs["peak_rss_gib"]
+    print(f"reczero vs TRL: step {speedup:.2f}x faster, trained tokens/s {throughput:.2f}x, peak RSS ratio {rss:.2f}")
+    print("trained tokens/s ratio per run: " + ", ".join(f"{x:.2f}x" for x in per_run))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"summary": summary, "speedup_step": speedup, "raw": raw, "steps": args.steps, "warmup": args.warmup}
-    (RESULTS / "grpo_step.json").write_text(json.dumps(out, indent=2))
-    print(f"wrote {RESULTS / 'grpo_step.json'}")
+    out = {
+        "summary": summary,
+        "speedup_step": speedup,
+        "speedup_trained_tokens_per_s": throughput,
+        "speedup_trained_tokens_per_s_per_run": per_run,
+        "peak_rss_ratio": rss,
+        "raw": raw,
+        "runs": args.runs,
+        "steps": args.steps,
+        "warmup": args.warmup,
+    }
+    target = RESULTS / args.out
+    target.write_text(json.dumps(out, indent=2))
+    print(f"wrote {target}")
 
 
 if __name__ == "__main__":

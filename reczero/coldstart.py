@@ -5,7 +5,8 @@ teacher: keep a trace whose rating is right; where none is, give the teacher the
 hint and keep an explanation that reaches it without mentioning it (Reason4Rec's rule). Here:
 
   1. train samples in a seeded order, `--batch-size` at a time; the teacher (default: the policy's own
-     base model, `--teacher` any hub id or folder) samples `--tries` completions of each prompt
+     base model, `--teacher` any hub id or folder, `--teacher-adapter` a LoRA on it) samples `--tries`
+     completions of each prompt
      (one batched `generation.generate` call, shared prefill);
   2. a sample keeps its first completion that passes `rewards.check_format` with a rating within
      `--tolerance` of the truth (`judge_direct`); with `data.answer_example`, completions that copy
@@ -271,6 +272,9 @@ def build_parser():
     parser.add_class_arguments(PolicyConfig, "policy")
     parser.add_argument("--output", type=str, default=None, help="traces JSONL (default: the config's model traces)")
     parser.add_argument("--teacher", type=str, default=None, help="hub id or folder (default: policy.model)")
+    parser.add_argument(
+        "--teacher-adapter", type=str, default=None, help="a saved LoRA adapter on the teacher (e.g. a RecZero policy)"
+    )
     parser.add_argument("--num-traces", type=int, default=1000, help="stop once the output holds this many")
     parser.add_argument("--max-samples", type=int, default=None, help="try at most this many samples in this run")
     parser.add_argument("--tries", type=int, default=4, help="completions sampled per prompt, per round")
@@ -309,7 +313,9 @@ def main(args: list[str]) -> dict | None:
         return None
     init = parser.instantiate_classes(cfg)
     teacher = dataclasses.replace(init.policy, model=cfg.teacher or init.policy.model, adapter_path=None)
-    model, tokenizer, _ = load_model(teacher, device=cfg.device)
+    if cfg.teacher_adapter and not Path(cfg.teacher_adapter, "adapter_config.json").is_file():
+        parser.error(f"--teacher-adapter {cfg.teacher_adapter}: no adapter_config.json there (a peft adapter folder)")
+    model, tokenizer, _ = load_model(teacher, adapter=cfg.teacher_adapter, device=cfg.device)
     stats = run_coldstart(model, tokenizer, init.data, cfg.output, cfg)
     print(f"{cfg.output}: {_summary(stats)}")
     return stats

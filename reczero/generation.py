@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from reczero.kv_cache import preallocate
+
 
 @dataclass
 class SamplingConfig:
@@ -116,10 +118,13 @@ def generate(
     num_samples: int,
     sampling: SamplingConfig,
     generator: torch.Generator | None = None,
+    inplace_cache: bool = True,
 ) -> Generation:
     """Sample `num_samples` completions of each left-padded prompt (`input_ids [B, P]`).
 
-    The model must be in eval mode (the caller owns train/eval switching).
+    The model must be in eval mode (the caller owns train/eval switching). `inplace_cache` decodes
+    into a preallocated KV cache (`kv_cache.PreallocatedLayer`) instead of transformers' concatenating
+    one; False is kept for benchmarks and equality tests.
     """
     device = input_ids.device
     batch, width = input_ids.shape
@@ -139,8 +144,12 @@ def generate(
     )
     cache = _cache_of(out)
     logits = out.logits[:, -1, :]  # [B, V]
-    if num_samples > 1:  # share the prefill: repeat each prompt's cache G times, prompt-major
+    # share the prefill: repeat each prompt's cache G times, prompt-major
+    if inplace_cache:
+        preallocate(cache, capacity=width + sampling.max_new_tokens, repeats=num_samples)
+    elif num_samples > 1:
         cache.batch_repeat_interleave(num_samples)
+    if num_samples > 1:
         logits = logits.repeat_interleave(num_samples, dim=0)  # [N, V]
     mask = attention_mask.repeat_interleave(num_samples, dim=0)  # [N, P]
     next_pos = positions[:, -1:].repeat_interleave(num_samples, dim=0) + 1  # [N, 1]
