@@ -7,10 +7,11 @@ CONFIG ?= configs/grpo.yaml
 ARGS   ?=
 SFT_CONFIG    ?= configs/sft.yaml
 RECONE_CONFIG ?= configs/recone.yaml
-NUM_TRACES    ?= 64
-# The CPU default's teacher is the 135M base model: it never passed a hinted try in a probe (0 of 28),
-# so the hint round is skipped and more direct tries are sampled; a stronger --teacher wants the hint.
-COLDSTART_ARGS ?= --tries 8 --hint-tries 0 --max-new-tokens 128
+NUM_TRACES    ?= 128
+# The CPU default's teacher is rule-based (reczero/template_teacher.py): the bundled 135M model, as a
+# teacher, passed 1 of 32 tries and copies the prompt's example. Name a model for real traces:
+# COLDSTART_ARGS="--teacher Qwen/Qwen2.5-7B-Instruct --max-new-tokens 512" (a GPU, with the hint round).
+COLDSTART_ARGS ?= --teacher template
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all lint format data-stats train-grpo bench baselines evaluate report coldstart train-sft train-recone
@@ -58,7 +59,7 @@ report: install ## Markdown table + PNGs; ARGS="--inputs a.metrics.json b.json -
 	$(BIN)/reczero report $(ARGS)
 
 coldstart train-sft: CONFIG = $(SFT_CONFIG)
-coldstart: install ## RecOne traces for CONFIG (default configs/sft.yaml), NUM_TRACES of them; resumes; ARGS="--teacher ID"
+coldstart: install ## RecOne traces for CONFIG (default configs/sft.yaml), NUM_TRACES of them; resumes; COLDSTART_ARGS="--teacher ID"
 	$(BIN)/reczero coldstart --config $(CONFIG) --num-traces $(NUM_TRACES) $(COLDSTART_ARGS) $(ARGS)
 
 train-sft: install ## RecOne SFT cold start on CONFIG (default configs/sft.yaml; its traces must exist)

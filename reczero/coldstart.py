@@ -34,8 +34,10 @@ from functools import partial
 from pathlib import Path
 
 from reczero import rewards
+from reczero.data.render import prompt_input
 from reczero.data.schema import RatingScale
 from reczero.prompts import STEP_TAGS, answer_format, example_answer, format_rating
+from reczero.template_teacher import TEACHER_NAME, template_trace
 from reczero.traces import leaks_hint
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,8 @@ def _tokenize(tokenizer, texts: list[str], device):
 
 
 def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
-    """Build traces for `dm`'s train split with `model` (eval mode); returns the stats. `cfg` holds
+    """Build traces for `dm`'s train split with `model` (eval mode; None: `template_teacher`, one
+    deterministic try per sample, no hint round); returns the stats. `cfg` holds
     num_traces, max_samples, tries, hint_tries, tolerance, batch_size, temperature, top_p, max_new_tokens, seed."""
     import torch
 
@@ -188,18 +191,23 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
     random.Random(cfg.seed).shuffle(order)
     order = order[: cfg.max_samples] if cfg.max_samples else order
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    generator = torch.Generator(model.device).manual_seed(cfg.seed)
-    device, prefix = model.device, dm.response_prefix
+    device = model.device if model is not None else torch.device("cpu")
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    prefix = dm.response_prefix
     example = example_answer(scale) if getattr(dm, "answer_example", False) else None
     log.info("coldstart: %d traces so far, %d train samples left, target %d", have, len(order), cfg.num_traces)
 
-    def sample(prompts: list[str], tries: int) -> list[list[str]]:  # B prompts -> B lists of `tries` completions
+    def sample(rows: list[int], prompts: list[str], tries: int) -> list[list[str]]:
+        """B dataset rows and their prompts -> B lists of `tries` completions."""
+        if model is None:
+            return [[template_trace(prompt_input(ds.data, ds.table, ds.positions[i]))[0]] for i in rows]
         ids, mask = _tokenize(tokenizer, prompts, device)
         texts = generate(model, tokenizer, ids, mask, tries, sampling, generator).texts  # B * tries, prompt-major
         texts = [(prefix + t).rstrip() for t in texts]
         return [texts[b * tries : (b + 1) * tries] for b in range(len(prompts))]
 
     hint_tries = cfg.tries if cfg.hint_tries is None else cfg.hint_tries
+    hint_tries = 0 if model is None else hint_tries  # the template cannot take a hint
 
     with output.open("a", encoding="utf-8") as out:
         start = 0
@@ -210,7 +218,7 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
             truths = [ds.data.interactions[ds.table.target[ds.positions[i]]].rating for i in batch]
             kept: dict[int, tuple[str, float, str]] = {}
             failed: dict[int, list[Verdict]] = {}  # b -> the verdicts that drop it, unless a hinted try is kept
-            for b, texts in enumerate(sample(prompts, cfg.tries)):
+            for b, texts in enumerate(sample(batch, prompts, cfg.tries)):
                 idx, verdicts = first_kept(
                     texts,
                     partial(judge_direct, truth=truths[b], scale=scale, tolerance=cfg.tolerance, example=example),
@@ -222,7 +230,9 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
                     failed[b] = verdicts
             retry = [b for b in range(len(batch)) if b not in kept]
             if retry and hint_tries:
-                hinted = sample([add_hint(prompts[b], truths[b], scale) for b in retry], hint_tries)
+                hinted = sample(
+                    [batch[b] for b in retry], [add_hint(prompts[b], truths[b], scale) for b in retry], hint_tries
+                )
                 for b, texts in zip(retry, hinted):
                     idx, verdicts = first_kept(
                         texts, partial(judge_hinted, truth=truths[b], scale=scale, example=example)
@@ -271,7 +281,9 @@ def build_parser():
     add_data_arguments(parser)
     parser.add_class_arguments(PolicyConfig, "policy")
     parser.add_argument("--output", type=str, default=None, help="traces JSONL (default: the config's model traces)")
-    parser.add_argument("--teacher", type=str, default=None, help="hub id or folder (default: policy.model)")
+    parser.add_argument(
+        "--teacher", type=str, default=None, help='hub id or folder (default: policy.model); "template": rule-based'
+    )
     parser.add_argument(
         "--teacher-adapter", type=str, default=None, help="a saved LoRA adapter on the teacher (e.g. a RecZero policy)"
     )
@@ -315,7 +327,12 @@ def main(args: list[str]) -> dict | None:
     teacher = dataclasses.replace(init.policy, model=cfg.teacher or init.policy.model, adapter_path=None)
     if cfg.teacher_adapter and not Path(cfg.teacher_adapter, "adapter_config.json").is_file():
         parser.error(f"--teacher-adapter {cfg.teacher_adapter}: no adapter_config.json there (a peft adapter folder)")
-    model, tokenizer, _ = load_model(teacher, adapter=cfg.teacher_adapter, device=cfg.device)
+    if cfg.teacher == TEACHER_NAME:  # no model to load; the policy's tokenizer renders the prompts
+        from reczero.policy import load_tokenizer
+
+        model, tokenizer = None, load_tokenizer(init.policy)
+    else:
+        model, tokenizer, _ = load_model(teacher, adapter=cfg.teacher_adapter, device=cfg.device)
     stats = run_coldstart(model, tokenizer, init.data, cfg.output, cfg)
     print(f"{cfg.output}: {_summary(stats)}")
     return stats

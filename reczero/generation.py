@@ -74,8 +74,20 @@ def sample_next(
         drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix reaching top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return sample_categorical(logits.softmax(dim=-1), generator)
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """probs [A, V] -> one index per row [A], by inverting the CDF with one uniform draw per row.
+
+    `torch.multinomial` draws an exponential for every vocabulary entry (49k per row per step), ~7%
+    of a CPU decode step here; this draws A numbers. The CDF is summed in float64 so rounding cannot
+    shift probability mass between tokens measurably.
+    """
+    cdf = probs.double().cumsum(dim=-1)  # [A, V]
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)  # [A, 1]
+    index = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # first entry whose CDF exceeds u
+    return index.squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def stop_token_ids(tokenizer, model=None) -> set[int]:

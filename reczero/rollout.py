@@ -9,6 +9,7 @@ prompt b's completions. A group never spans ranks: each rank samples the groups 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field, fields
@@ -28,11 +29,14 @@ class RolloutConfig(SamplingConfig):
     group_size: completions per prompt (G); the paper uses 8.
     advantage_scale: "group" (divide by the group's std, paper), "batch" or "none" (Dr. GRPO).
     seed: seed of the sampling generator (offset by the rank); its state is checkpointed.
+    merge_lora: sample with the LoRA folded into the base weights (`policy.merged_lora`; exact
+        restore; skipped for 4-bit and sharded weights).
     """
 
     group_size: int = 8
     advantage_scale: str = "group"
     seed: int = 0
+    merge_lora: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -134,10 +138,13 @@ def build_rollout(
 
     `response_prefix` (already at the end of each prompt) is scored together with each completion.
     """
+    from reczero.policy import merged_lora
+
     start = time.perf_counter()
-    gen = generate(
-        model, tokenizer, batch["input_ids"], batch["attention_mask"], cfg.group_size, cfg.sampling(), generator
-    )
+    with merged_lora(model) if cfg.merge_lora else contextlib.nullcontext():
+        gen = generate(
+            model, tokenizer, batch["input_ids"], batch["attention_mask"], cfg.group_size, cfg.sampling(), generator
+        )
     return record_from_generation(batch, gen, cfg, spec, scale, response_prefix, time.perf_counter() - start)
 
 

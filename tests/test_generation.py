@@ -55,3 +55,51 @@ def test_inplace_cache_samples_what_the_concatenating_cache_samples(tiny_tokeniz
     assert outs[0].texts == outs[1].texts
     if stop and temperature:
         assert len(set(outs[0].lengths.tolist())) > 1  # rows did end at different steps
+
+
+def test_sample_categorical_follows_the_distribution_and_skips_zero_mass():
+    from reczero.generation import sample_categorical
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.0, 0.0, 0.0, 1.0]])
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_categorical(probs, gen) for _ in range(20000)])  # [20000, 2]
+    freq = torch.bincount(draws[:, 0], minlength=4).float() / len(draws)
+    assert torch.allclose(freq, probs[0], atol=0.015) and freq[1] == 0
+    assert bool((draws[:, 1] == 3).all())
+
+
+def test_merged_lora_computes_the_same_function_and_restores_the_exact_weights(tiny_tokenizer, tiny_policy):
+    from tiny import perturb_lora
+
+    from reczero.policy import merged_lora
+
+    perturb_lora(tiny_policy)  # a fresh LoRA's B is zero: make the adapter change the function
+    model = tiny_policy.eval()
+    ids = tiny_tokenizer(["rate this film"], return_tensors="pt").input_ids
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        with merged_lora(model) as merged:
+            got = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits
+    assert merged and not torch.allclose(want, base, atol=1e-4)  # the adapter matters here
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(after, want)  # adapter back on, weights restored bit for bit
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_merged_lora_is_left_alone_when_a_weight_is_not_the_full_matrix(tiny_policy):
+    from peft.tuners.lora import LoraLayer
+
+    from reczero.policy import merged_lora
+
+    layers = [m for m in tiny_policy.modules() if isinstance(m, LoraLayer)]
+    first, last = layers[0].get_base_layer(), layers[-1].get_base_layer()
+    full = last.weight
+    last.weight = torch.nn.Parameter(full.detach().flatten()[:10], requires_grad=False)  # like an FSDP shard
+    keep = first.weight.detach().clone()
+    with torch.no_grad(), merged_lora(tiny_policy) as merged:
+        assert not merged and torch.equal(first.weight, keep)  # the partial merge was undone
+    last.weight = full
