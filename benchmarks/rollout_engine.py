@@ -5,13 +5,16 @@
 Same model (the bundled SmolLM2-135M-Instruct with a fresh LoRA, fp32 on the CPU), the same
 prompts (synthetic data, the default config's prompt settings), G samples per prompt, temperature
 1.0, no stop strings (both stop at EOS only), alternating runs. `model.generate` receives each prompt
-repeated G times, as a trainer without prefix sharing does. Prints a table and writes
+repeated G times, as a trainer without prefix sharing does. "reczero" is the rollout path (LoRA
+folded into the weights while sampling, `policy.merged_lora`); "reczero, LoRA unmerged" is the same
+engine on the unmerged adapter, as `model.generate` runs it. Prints a table and writes
 benchmarks/results/rollout_engine.json with medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -22,7 +25,7 @@ import torch
 from reczero.data.datamodule import PromptCollator, RatingDataModule
 from reczero.data.samples import SampleConfig
 from reczero.generation import SamplingConfig, generate
-from reczero.policy import PolicyConfig, build_policy, load_tokenizer
+from reczero.policy import PolicyConfig, build_policy, load_tokenizer, merged_lora
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -50,14 +53,16 @@ def main() -> None:
     batch = PromptCollator(tok.pad_token_id)([ds[i] for i in range(args.prompts)])
     ids, mask = batch["input_ids"], batch["attention_mask"]
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens, stop_strings=())
-    times: dict[str, list[float]] = {"reczero": [], "generate": []}
-    tokens: dict[str, list[int]] = {"reczero": [], "generate": []}
+    times: dict[str, list[float]] = {"reczero": [], "reczero, LoRA unmerged": [], "generate": []}
+    tokens: dict[str, list[int]] = {name: [] for name in times}
     for rep in range(args.repeats):
-        gen = torch.Generator().manual_seed(rep)
-        start = time.perf_counter()
-        out = generate(model, tok, ids, mask, args.group, sampling, gen)
-        times["reczero"].append(time.perf_counter() - start)
-        tokens["reczero"].append(int(out.lengths.sum()))
+        for name in ("reczero", "reczero, LoRA unmerged"):  # the rollout path, then without the merge
+            gen = torch.Generator().manual_seed(rep)
+            start = time.perf_counter()
+            with merged_lora(model) if name == "reczero" else contextlib.nullcontext():
+                out = generate(model, tok, ids, mask, args.group, sampling, gen)
+            times[name].append(time.perf_counter() - start)
+            tokens[name].append(int(out.lengths.sum()))
         torch.manual_seed(rep)
         start = time.perf_counter()
         with torch.no_grad():

@@ -245,8 +245,11 @@ def decode_batch(
     candidates: RatingCandidates | None = None,
 ) -> list[Decoded]:
     """Decode a rating for each left-padded prompt (`input_ids [B, P]`); the model must be in eval mode."""
+    from reczero.policy import merged_lora
+
     g = cfg.num_samples
-    gen = generate(model, tokenizer, input_ids, attention_mask, g, cfg.sampling(), generator)
+    with merged_lora(model):
+        gen = generate(model, tokenizer, input_ids, attention_mask, g, cfg.sampling(), generator)
     texts = [response_prefix + t for t in gen.texts]  # [B*G], prompt-major
     parsed = [rewards.parse_rating(t, cfg.rating_tag) for t in texts]
     ok = [rewards.check_format(t, scale, cfg.template, cfg.allow_trailing_text).ok for t in texts]

@@ -319,14 +319,17 @@ def merged_lora(model: torch.nn.Module) -> Iterator[bool]:
     Inside the block every LoRA'd weight holds W + delta and the adapters are switched off, so the
     model computes the same function with plain linears. The original W is copied back (not
     `W + delta - delta`, which would drift by rounding). Yields True when merged; False, changing
-    nothing, for 4-bit weights, DoRA, or sharded parameters (FSDP / ZeRO-3) whose shape is not the
-    full weight's. For inference under `torch.no_grad()` only.
+    nothing, for a model without LoRA, 4-bit weights, DoRA, or sharded parameters (FSDP / ZeRO-3)
+    whose shape is not the full weight's. For inference under `torch.no_grad()` only.
     """
     from peft.tuners.lora import LoraLayer
 
-    policy = unwrap_policy(model)
+    try:
+        policy = unwrap_policy(model)
+    except TypeError:  # a plain transformers model (zero-shot evaluation): nothing to merge
+        policy = None
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    merged = not is_quantised(policy)
+    merged = policy is not None and not is_quantised(policy)
     try:
         with torch.no_grad():
             for module in policy.modules() if merged else ():

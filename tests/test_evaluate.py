@@ -165,7 +165,7 @@ def test_self_consistency_averages_the_parsable_samples(tiny_tokenizer, tiny_mod
     ids, mask = _prompts(tiny_tokenizer, 2)
     cfg = DecodeConfig("self_consistency", max_new_tokens=64, samples=8, temperature=1.0)
     out = decode_batch(
-        model, tiny_tokenizer, ids, mask, cfg, SCALES["1-5"], generator=torch.Generator().manual_seed(3)
+        model, tiny_tokenizer, ids, mask, cfg, SCALES["1-5"], generator=torch.Generator().manual_seed(0)
     )
     seen = set()
     for d in out:

@@ -394,6 +394,7 @@ def test_wrong_column_count_or_delimiter(tmp_path):
         ("userId,movieId,rating,timestamp\n1,2,4\n", 2, None, "4 comma-separated columns"),
         ("userId;movieId;rating;timestamp\n1;2;4;5\n", 1, "header", "header userId,movieId,rating,timestamp"),
         ('userId,movieId,rating,timestamp\n1,"2"x,4,5\n', 2, None, "well-formed CSV"),
+        ('userId,"movieId,rating,timestamp\n1,2,4,5\n', 1, "header", "header userId,movieId"),  # broken quote
     ],
 )
 def test_bad_csv_rows_name_file_line_field(tmp_path, ratings, line, field, expected):

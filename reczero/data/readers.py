@@ -524,7 +524,10 @@ def _csv_lines(
         if first is None:
             return
         line, text = first
-        got = [c.strip() for c in _csv_split(text, path, line)]
+        try:
+            got = [c.strip() for c in _csv_split(text, path, line)]
+        except DataFormatError:
+            got = None  # a broken header line is reported as the header it should have been
         if got != list(header):
             raise DataFormatError(path, line, "header", f"the comma-separated header {','.join(header)}", text[:120])
         yield from _nonblank(lines)

@@ -20,7 +20,7 @@ import torch
 from reczero import metrics, rewards
 from reczero.checkpointing import capture_rng, restore_rng
 from reczero.generation import SamplingConfig, generate
-from reczero.policy import PolicyConfig, build_policy, load_tokenizer, save_adapter
+from reczero.policy import PolicyConfig, build_policy, load_tokenizer, merged_lora, save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,8 @@ class PolicyModule(L.LightningModule):
         was_training = self.policy.training
         self.policy.eval()
         try:
-            gen = generate(self.policy, self.tokenizer, batch["input_ids"], batch["attention_mask"], 1, sampling)
+            with merged_lora(self.policy):
+                gen = generate(self.policy, self.tokenizer, batch["input_ids"], batch["attention_mask"], 1, sampling)
         finally:
             self.policy.train(was_training)
         targets = batch["target"].tolist()

@@ -80,8 +80,12 @@ def shared_prefix_logprobs(model, record: RolloutRecord, rows: slice, temperatur
     out = model(
         input_ids=ids[:, p:], attention_mask=mask, position_ids=start + steps, use_cache=True, **{_CACHE_KWARG: cache}
     )
-    logits = torch.cat([first[:, None, :], out.logits[:, :-1, :]], dim=1)  # [n, C, V]
-    return grpo.token_logprobs(logits, ids[:, p:], temperature)
+    # log-probs of token 0 and of tokens 1..C-1 apart: concatenating the logits would copy [n, C, V]
+    head = grpo.token_logprobs(first[:, None, :], ids[:, p : p + 1], temperature)  # [n, 1]
+    if width == 1:
+        return head
+    rest = grpo.token_logprobs(out.logits[:, :-1, :], ids[:, p + 1 :], temperature)  # [n, C - 1]
+    return torch.cat([head, rest], dim=1)
 
 
 REFERENCES = ("base", "sft")
