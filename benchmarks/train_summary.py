@@ -83,8 +83,9 @@ def main() -> None:
         print(
             f"- {tag}: first {args.window} steps {vals['first_steps_mean']:.3f}, last {args.window} steps {vals['last_steps_mean']:.3f}"
         )
+    fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731  (SFT runs log no step time)
     print(
-        f"- steps {steps}, median step {result['median_step_seconds']:.1f} s, wall {args.wall_seconds or float('nan'):.0f} s"
+        f"- steps {steps}, median step {fmt(result['median_step_seconds'], '.1f')} s, wall {fmt(args.wall_seconds, '.0f')} s"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"train_{name}.json"
