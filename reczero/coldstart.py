@@ -12,8 +12,12 @@ hint and keep an explanation that reaches it without mentioning it (Reason4Rec's
      `--tolerance` of the truth (`judge_direct`); with `data.answer_example`, completions that copy
      the prompt's one-shot example answer are rejected too (`copies_example`);
   3. the others are asked again, the prompt extended by `hint_sentence(truth)`, `--hint-tries`
-     completions each (default `--tries`; 0 skips this round); kept: the first that passes the format, rates exactly the hint and does not leak it
-     (`judge_hinted`, `traces.leaks_hint`); else the sample is dropped.
+     completions each (default `--tries`; 0 skips this round); kept: the first that passes the
+     format, rates exactly the hint and does not leak it (`judge_hinted`, `traces.leaks_hint`);
+     else the sample is dropped.
+
+`--teacher template` replaces the model by `template_teacher` (rule-based, one try, no hint round)
+for machines where no model teacher is strong enough.
 
 Output: the traces JSONL (`reczero.traces` format, plus `target` and `source` = "direct" | "hint"),
 appended and flushed after every batch, and `<output>.stats.json` (rewritten after every batch):
@@ -175,8 +179,8 @@ def _tokenize(tokenizer, texts: list[str], device):
 
 def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
     """Build traces for `dm`'s train split with `model` (eval mode; None: `template_teacher`, one
-    deterministic try per sample, no hint round); returns the stats. `cfg` holds
-    num_traces, max_samples, tries, hint_tries, tolerance, batch_size, temperature, top_p, max_new_tokens, seed."""
+    deterministic try per sample, no hint round); returns the stats. `cfg` holds num_traces,
+    max_samples, tries, hint_tries, tolerance, batch_size, temperature, top_p, max_new_tokens, seed."""
     import torch
 
     from reczero.generation import SamplingConfig, generate
