@@ -320,7 +320,15 @@ def test_coldstart_cli_reads_the_sft_config(tmp_path):
 
 
 # -- configs --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("config", ["configs/sft.yaml", "configs/recone.yaml"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "configs/sft.yaml",
+        "configs/recone.yaml",
+        "configs/qwen2.5-7b-sft-qlora.yaml",
+        "configs/qwen2.5-7b-recone-qlora.yaml",
+    ],
+)
 def test_new_configs_parse(config, capsys):
     from reczero.cli import main
 
