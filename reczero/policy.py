@@ -310,8 +310,11 @@ def reference_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
 
 
+MERGE_MODES = ("auto", "always", "never")
+
+
 @contextlib.contextmanager
-def merged_lora(model: torch.nn.Module) -> Iterator[bool]:
+def merged_lora(model: torch.nn.Module, mode: str = "auto") -> Iterator[bool]:
     """Sample with the active LoRA folded into the base weights; the exact weights come back on exit.
 
     At rollout batch sizes decoding is bound by per-op overhead and weight reads, and each LoRA'd
@@ -321,7 +324,13 @@ def merged_lora(model: torch.nn.Module) -> Iterator[bool]:
     `W + delta - delta`, which would drift by rounding). Yields True when merged; False, changing
     nothing, for a model without LoRA, 4-bit weights, DoRA, or sharded parameters (FSDP / ZeRO-3)
     whose shape is not the full weight's. For inference under `torch.no_grad()` only.
+
+    `mode`: "always", "never", or "auto" (default), which merges only on the CPU. There it was
+    measured, and there the copy of the original weights costs host RAM rather than accelerator
+    memory: for an unquantised 7B model in bf16 that copy would be ~14 GB of GPU memory.
     """
+    if mode not in MERGE_MODES:
+        raise ValueError(f"merge_lora must be one of {MERGE_MODES}, got {mode!r}")
     from peft.tuners.lora import LoraLayer
 
     try:
@@ -329,7 +338,9 @@ def merged_lora(model: torch.nn.Module) -> Iterator[bool]:
     except TypeError:  # a plain transformers model (zero-shot evaluation): nothing to merge
         policy = None
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    merged = policy is not None and not is_quantised(policy)
+    merged = policy is not None and not is_quantised(policy) and mode != "never"
+    if merged and mode == "auto":
+        merged = next(policy.parameters()).device.type == "cpu"
     try:
         with torch.no_grad():
             for module in policy.modules() if merged else ():

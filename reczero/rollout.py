@@ -9,7 +9,6 @@ prompt b's completions. A group never spans ranks: each rank samples the groups 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field, fields
@@ -29,14 +28,14 @@ class RolloutConfig(SamplingConfig):
     group_size: completions per prompt (G); the paper uses 8.
     advantage_scale: "group" (divide by the group's std, paper), "batch" or "none" (Dr. GRPO).
     seed: seed of the sampling generator (offset by the rank); its state is checkpointed.
-    merge_lora: sample with the LoRA folded into the base weights (`policy.merged_lora`; exact
-        restore; skipped for 4-bit and sharded weights).
+    merge_lora: "auto" (on the CPU only), "always" or "never": sample with the LoRA folded into the
+        base weights (`policy.merged_lora`; exact restore; skipped for 4-bit and sharded weights).
     """
 
     group_size: int = 8
     advantage_scale: str = "group"
     seed: int = 0
-    merge_lora: bool = True
+    merge_lora: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,6 +47,10 @@ class RolloutConfig(SamplingConfig):
             raise ValueError(f"rollout.advantage_scale must be one of {grpo.ADVANTAGE_SCALES}")
         if self.temperature == 0:
             raise ValueError("rollout.temperature 0 makes every sample of a group identical: nothing to learn")
+        from reczero.policy import MERGE_MODES
+
+        if self.merge_lora not in MERGE_MODES:
+            raise ValueError(f"rollout.merge_lora must be one of {MERGE_MODES}, got {self.merge_lora!r}")
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(**{f.name: getattr(self, f.name) for f in fields(SamplingConfig)})
@@ -141,7 +144,7 @@ def build_rollout(
     from reczero.policy import merged_lora
 
     start = time.perf_counter()
-    with merged_lora(model) if cfg.merge_lora else contextlib.nullcontext():
+    with merged_lora(model, cfg.merge_lora):
         gen = generate(
             model, tokenizer, batch["input_ids"], batch["attention_mask"], cfg.group_size, cfg.sampling(), generator
         )

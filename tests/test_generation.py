@@ -90,6 +90,19 @@ def test_merged_lora_computes_the_same_function_and_restores_the_exact_weights(t
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
+def test_merged_lora_modes(tiny_policy):
+    from reczero.policy import merged_lora
+    from reczero.rollout import RolloutConfig
+
+    with torch.no_grad():
+        with merged_lora(tiny_policy, "never") as never, merged_lora(tiny_policy, "always") as always:
+            assert not never and always
+        with merged_lora(tiny_policy) as auto:  # "auto": merged on the CPU only
+            assert auto
+    with pytest.raises(ValueError, match="merge_lora must be one of"):
+        RolloutConfig(merge_lora="sometimes")
+
+
 def test_merged_lora_is_left_alone_when_a_weight_is_not_the_full_matrix(tiny_policy):
     from peft.tuners.lora import LoraLayer
 
