@@ -39,8 +39,8 @@ from pathlib import Path
 
 from reczero import rewards
 from reczero.data.render import prompt_input
-from reczero.data.schema import RatingScale
 from reczero.prompts import STEP_TAGS, answer_format, example_answer, format_rating
+from reczero.scale import RatingScale
 from reczero.template_teacher import TEACHER_NAME, template_trace
 from reczero.traces import leaks_hint
 

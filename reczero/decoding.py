@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import torch
 
 from reczero import prompts, rewards
-from reczero.data.schema import RatingScale
 from reczero.generation import SamplingConfig, generate
+from reczero.scale import RatingScale
 
 log = logging.getLogger(__name__)
 

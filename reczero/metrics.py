@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
-from reczero.data.schema import RatingScale
+from reczero.scale import RatingScale
 
 EXACT_TOLERANCE = 1e-6
 

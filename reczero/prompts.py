@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from reczero.data.schema import RatingScale
+from reczero.scale import RatingScale
 
 STEP_TAGS = ("analyze user", "analyze item", "match", "rate")
 

@@ -12,7 +12,7 @@ RecZero's reward (method.md) is a format component plus a rating component:
   for small models that would otherwise see reward std 0 in every group.
 
 `parse_rating` is also what evaluation uses: the number inside the LAST rating block.
-Everything here is pure (standard library + `reczero.data.schema`) and linear in the text length:
+Everything here is pure (standard library + `reczero.scale`) and linear in the text length:
 no regex that can backtrack, so a 1 MB completion costs milliseconds and nothing ever raises on text.
 The GRPO module turns these rewards into advantages; prompts.py writes the matching instruction.
 """
@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from reczero.data.schema import RatingScale
+from reczero.scale import RatingScale
 
 FOUR_STEP_TAGS: tuple[str, ...] = ("analyze user", "analyze item", "match", "rate")
 

@@ -17,8 +17,8 @@ import lightning as L
 import torch
 
 from reczero import grpo, rewards
-from reczero.data.schema import RatingScale
 from reczero.generation import Generation, SamplingConfig, generate
+from reczero.scale import RatingScale
 
 
 @dataclass

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from reczero.data.schema import RatingScale
 from reczero.prompts import PromptInput, format_completion, format_rating
+from reczero.scale import RatingScale
 
 TEACHER_NAME = "template"
 _DEVIATION = 0.5  # a genre counts as liked / disliked this far above / below the user's mean

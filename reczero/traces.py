@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reczero import rewards
-from reczero.data.schema import RatingScale
+from reczero.scale import RatingScale
 
 ON_BAD = ("error", "skip")
 

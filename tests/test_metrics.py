@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from reczero.data.schema import RatingScale
 from reczero.metrics import RatingMetrics, bucket_label, mae_by_group, rating_metrics
+from reczero.scale import RatingScale
 
 STARS = RatingScale(1.0, 5.0, 1.0)
 

@@ -14,7 +14,6 @@ from dataclasses import replace
 import pytest
 
 from reczero import prompts
-from reczero.data.schema import SCALES, RatingScale
 from reczero.prompts import (
     SYSTEM_PROMPT,
     HistoryLine,
@@ -28,6 +27,7 @@ from reczero.prompts import (
     user_message,
 )
 from reczero.rewards import FOUR_STEP_TAGS, check_format, parse_rating
+from reczero.scale import SCALES, RatingScale
 
 FIVE, HALF, TEN = SCALES["1-5"], SCALES["0.5-5"], SCALES["1-10"]
 
@@ -254,7 +254,7 @@ def test_prompts_module_is_pure() -> None:
 def test_example_answer_is_a_passing_answer_on_every_scale():
     """The one-shot example must itself pass the format check (a small model copies it)."""
     from reczero import rewards
-    from reczero.data.schema import SCALES
+    from reczero.scale import SCALES
 
     for name, expected in (("1-5", 4.0), ("0.5-5", 4.0), ("1-10", 8.0)):
         scale = SCALES[name]

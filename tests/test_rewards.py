@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from reczero.data.schema import RatingScale
 from reczero.rewards import (
     FOUR_STEP_TAGS,
     RATE_CLOSE,
@@ -19,6 +18,7 @@ from reczero.rewards import (
     score,
     score_batch,
 )
+from reczero.scale import RatingScale
 
 STARS = RatingScale(1.0, 5.0, 1.0)
 HALF = RatingScale(0.5, 5.0, 0.5)

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reczero.data.schema import RatingScale
 from reczero.rewards import TEMPLATES, RewardSpec, check_format, parse_number, parse_rating, score
+from reczero.scale import RatingScale
 
 settings.register_profile(
     "reczero-rewards-default", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
