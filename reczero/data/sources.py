@@ -1,6 +1,6 @@
 """Where interactions come from: a `SourceConfig` (a nested LightningCLI argument) and `load_source`.
 
-`load_source` dispatches to a reader in `readers.py` (or to the synthetic demo set) and returns the
+`load_source` dispatches to a reader in `readers/` (or to the synthetic demo set) and returns the
 common `InteractionData`; `source_files` lists the files a source reads, so a cache can be keyed by
 their size and mtime. `format="auto"` looks at the directory (or the file) to pick the format.
 """
