@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from reczero.data.datamodule import PromptCollator, RatingDataModule
+from reczero.data.batching import PromptCollator
+from reczero.data.datamodule import RatingDataModule
 from reczero.data.samples import SampleConfig
 from reczero.generation import SamplingConfig, generate
 from reczero.policy import PolicyConfig, build_policy, load_tokenizer, merged_lora

@@ -178,7 +178,7 @@ def evaluate(
     """Decode a rating for the first `limit` samples of `split` (all when None), in batches of similar length."""
     from tqdm.auto import tqdm
 
-    from reczero.data.datamodule import PromptCollator
+    from reczero.data.batching import PromptCollator
 
     cfg = cfg or DecodeConfig()
     dm.set_tokenizer(tokenizer)

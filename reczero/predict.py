@@ -123,7 +123,7 @@ class _Check:
 
 
 def _fallback(scale: RatingScale, user_avg: float | None, item_avg: float | None) -> float:
-    """As `datamodule.fallback_rating`: the user's average, else the item's, else the midpoint; clipped."""
+    """As `batching.fallback_rating`: the user's average, else the item's, else the midpoint; clipped."""
     for avg in (user_avg, item_avg):
         if avg is not None:
             return scale.clip(avg)
@@ -320,7 +320,7 @@ def predict_stream(model, tokenizer, dm, requests: list[Request], decode, batch_
     """Decode every request in batches (input order), writing one JSON line each; returns the count written."""
     import torch
 
-    from reczero.data.datamodule import PromptCollator
+    from reczero.data.batching import PromptCollator
     from reczero.decoding import decode_batch
 
     dm.set_tokenizer(tokenizer)

@@ -16,8 +16,9 @@ import torch
 from tiny import make_tiny_tokenizer
 
 from reczero import prompts
+from reczero.data.batching import ResumableSampler, fallback_rating, sft_collate
 from reczero.data.cache import load_or_build
-from reczero.data.datamodule import RatingDataModule, ResumableSampler, fallback_rating, sft_collate
+from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import PromptRenderer, prompt_input
 from reczero.data.samples import SampleConfig, SampleTable, split_counts
 from reczero.data.schema import SCALES, InteractionData
