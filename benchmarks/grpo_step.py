@@ -56,7 +56,7 @@ def run_reczero(path: str, steps: int) -> dict:
     from reczero.data.sources import SourceConfig
     from reczero.modules.grpo_module import GRPOModule
     from reczero.policy import PolicyConfig
-    from reczero.rollout import RolloutConfig
+    from reczero.rollout.record import RolloutConfig
 
     L.seed_everything(SEED)
     dm = RatingDataModule(source=SourceConfig(format="movielens-100k", path=path), batch_size=1, seed=SEED)

@@ -6,7 +6,7 @@ Same model (the bundled SmolLM2-135M-Instruct with a fresh LoRA, fp32 on the CPU
 prompts (synthetic data, the default config's prompt settings), G samples per prompt, temperature
 1.0, no stop strings (both stop at EOS only), alternating runs. `model.generate` receives each prompt
 repeated G times, as a trainer without prefix sharing does. "reczero" is the rollout path (LoRA
-folded into the weights while sampling, `policy.merged_lora`); "reczero, LoRA unmerged" is the same
+folded into the weights while sampling, `rollout.merge.merged_lora`); "reczero, LoRA unmerged" is the same
 engine on the unmerged adapter, as `model.generate` runs it. Prints a table and writes
 benchmarks/results/rollout_engine.json with medians.
 """
@@ -25,8 +25,9 @@ import torch
 from reczero.data.batching import PromptCollator
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.samples import SampleConfig
-from reczero.generation import SamplingConfig, generate
-from reczero.policy import PolicyConfig, build_policy, load_tokenizer, merged_lora
+from reczero.policy import PolicyConfig, build_policy, load_tokenizer
+from reczero.rollout.engine import SamplingConfig, generate
+from reczero.rollout.merge import merged_lora
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -7,7 +7,7 @@ hint and keep an explanation that reaches it without mentioning it (Reason4Rec's
   1. train samples in a seeded order, `--batch-size` at a time; the teacher (default: the policy's own
      base model, `--teacher` any hub id or folder, `--teacher-adapter` a LoRA on it) samples `--tries`
      completions of each prompt
-     (one batched `generation.generate` call, shared prefill);
+     (one batched `rollout.engine.generate` call, shared prefill);
   2. a sample keeps its first completion that passes `rewards.check_format` with a rating within
      `--tolerance` of the truth (`judge_direct`); with `data.answer_example`, completions that copy
      the prompt's one-shot example answer are rejected too (`copies_example`);
@@ -183,7 +183,7 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
     max_samples, tries, hint_tries, tolerance, batch_size, temperature, top_p, max_new_tokens, seed."""
     import torch
 
-    from reczero.generation import SamplingConfig, generate
+    from reczero.rollout.engine import SamplingConfig, generate
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ Used by `reczero evaluate` and `reczero predict` on left-padded prompt batches (
 - `self_consistency`: `samples` completions at `temperature`; the rating is the mean of the
   parsable, in-scale ratings among them (unparsable samples are ignored; None when none parse).
 
-This module imports torch and `reczero.generation` only; models come in from the caller.
+This module imports torch and `reczero.rollout` (the engine and `merged_lora`) only; models come in from the caller.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import torch
 
 from reczero import prompts, rewards
-from reczero.generation import SamplingConfig, generate
+from reczero.rollout.engine import SamplingConfig, generate
+from reczero.rollout.merge import merged_lora
 from reczero.scale import RatingScale
 
 log = logging.getLogger(__name__)
@@ -245,8 +246,6 @@ def decode_batch(
     candidates: RatingCandidates | None = None,
 ) -> list[Decoded]:
     """Decode a rating for each left-padded prompt (`input_ids [B, P]`); the model must be in eval mode."""
-    from reczero.policy import merged_lora
-
     g = cfg.num_samples
     with merged_lora(model):
         gen = generate(model, tokenizer, input_ids, attention_mask, g, cfg.sampling(), generator)

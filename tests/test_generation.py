@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from reczero.generation import SamplingConfig, generate
-from reczero.kv_cache import PreallocatedLayer
+from reczero.rollout.engine import SamplingConfig, generate
+from reczero.rollout.kv_cache import PreallocatedLayer
 
 
 def test_preallocated_layer_holds_what_a_dynamic_layer_holds():
@@ -58,7 +58,7 @@ def test_inplace_cache_samples_what_the_concatenating_cache_samples(tiny_tokeniz
 
 
 def test_sample_categorical_follows_the_distribution_and_skips_zero_mass():
-    from reczero.generation import sample_categorical
+    from reczero.rollout.engine import sample_categorical
 
     probs = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.0, 0.0, 0.0, 1.0]])
     gen = torch.Generator().manual_seed(0)
@@ -71,7 +71,7 @@ def test_sample_categorical_follows_the_distribution_and_skips_zero_mass():
 def test_merged_lora_computes_the_same_function_and_restores_the_exact_weights(tiny_tokenizer, tiny_policy):
     from tiny import perturb_lora
 
-    from reczero.policy import merged_lora
+    from reczero.rollout.merge import merged_lora
 
     perturb_lora(tiny_policy)  # a fresh LoRA's B is zero: make the adapter change the function
     model = tiny_policy.eval()
@@ -91,8 +91,8 @@ def test_merged_lora_computes_the_same_function_and_restores_the_exact_weights(t
 
 
 def test_merged_lora_modes(tiny_policy):
-    from reczero.policy import merged_lora
-    from reczero.rollout import RolloutConfig
+    from reczero.rollout.merge import merged_lora
+    from reczero.rollout.record import RolloutConfig
 
     with torch.no_grad():
         with merged_lora(tiny_policy, "never") as never, merged_lora(tiny_policy, "always") as always:
@@ -106,7 +106,7 @@ def test_merged_lora_modes(tiny_policy):
 def test_merged_lora_is_left_alone_when_a_weight_is_not_the_full_matrix(tiny_policy):
     from peft.tuners.lora import LoraLayer
 
-    from reczero.policy import merged_lora
+    from reczero.rollout.merge import merged_lora
 
     layers = [m for m in tiny_policy.modules() if isinstance(m, LoraLayer)]
     first, last = layers[0].get_base_layer(), layers[-1].get_base_layer()

@@ -13,10 +13,11 @@ from reczero import rewards
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.samples import SampleConfig
 from reczero.data.sources import SourceConfig
-from reczero.generation import Generation
 from reczero.modules.grpo_module import GRPOModule, completion_logprobs, shared_prefix_logprobs
+from reczero.modules.rollout_callback import RolloutCallback
 from reczero.policy import PolicyConfig
-from reczero.rollout import RolloutCallback, RolloutConfig, record_from_generation
+from reczero.rollout.engine import Generation
+from reczero.rollout.record import RolloutConfig, record_from_generation
 
 
 def _scripted_generation(tokenizer, texts: list[str], finished: list[bool]) -> Generation:

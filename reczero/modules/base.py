@@ -19,8 +19,9 @@ import torch
 
 from reczero import metrics, rewards
 from reczero.checkpointing import capture_rng, restore_rng
-from reczero.generation import SamplingConfig, generate
-from reczero.policy import PolicyConfig, build_policy, load_tokenizer, merged_lora, save_adapter
+from reczero.policy import PolicyConfig, build_policy, load_tokenizer, save_adapter
+from reczero.rollout.engine import SamplingConfig, generate
+from reczero.rollout.merge import merged_lora
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,11 @@ from pathlib import Path
 import torch
 
 from reczero import grpo, rewards
-from reczero.generation import _CACHE_KWARG, _cache_of
 from reczero.modules.base import PolicyModule, as_config
+from reczero.modules.rollout_callback import RolloutCallback
 from reczero.policy import PolicyConfig, build_policy, load_base_model, reference_mode, unwrap_policy
-from reczero.rollout import RolloutCallback, RolloutConfig, RolloutRecord
+from reczero.rollout.engine import _CACHE_KWARG, _cache_of
+from reczero.rollout.record import RolloutConfig, RolloutRecord
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reczero.kv_cache import preallocate
+from reczero.rollout.kv_cache import preallocate
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Rollouts: G sampled completions per prompt, scored, with group advantages, as one typed record.
 
-`RolloutCallback` runs before every training batch: it switches the policy to eval mode, samples
-`group_size` completions of each prompt (shared prefill, see `generation`), scores them with the
-reward spec, computes GRPO advantages, switches back to train mode and hands the `RolloutRecord` to
-the module (`pl_module.rollout`). Group layout everywhere: prompt-major, rows b*G .. b*G+G-1 are
+`build_rollout` samples `group_size` completions of each prompt of a batch (shared prefill, see
+`engine`; the LoRA merged while sampling, see `merge`), scores them with the reward spec
+(`score_texts`) and computes GRPO advantages into a `RolloutRecord`; `modules.rollout_callback` runs
+it before every training batch. Group layout everywhere: prompt-major, rows b*G .. b*G+G-1 are
 prompt b's completions. A group never spans ranks: each rank samples the groups of its own prompts.
 """
 
@@ -13,11 +13,11 @@ import math
 import time
 from dataclasses import dataclass, field, fields
 
-import lightning as L
 import torch
 
 from reczero import grpo, rewards
-from reczero.generation import Generation, SamplingConfig, generate
+from reczero.rollout.engine import Generation, SamplingConfig, generate
+from reczero.rollout.merge import MERGE_MODES, merged_lora
 from reczero.scale import RatingScale
 
 
@@ -29,7 +29,7 @@ class RolloutConfig(SamplingConfig):
     advantage_scale: "group" (divide by the group's std, paper), "batch" or "none" (Dr. GRPO).
     seed: seed of the sampling generator (offset by the rank); its state is checkpointed.
     merge_lora: "auto" (on the CPU only), "always" or "never": sample with the LoRA folded into the
-        base weights (`policy.merged_lora`; exact restore; skipped for 4-bit and sharded weights).
+        base weights (`rollout.merge.merged_lora`; exact restore; skipped for 4-bit and sharded weights).
     """
 
     group_size: int = 8
@@ -47,8 +47,6 @@ class RolloutConfig(SamplingConfig):
             raise ValueError(f"rollout.advantage_scale must be one of {grpo.ADVANTAGE_SCALES}")
         if self.temperature == 0:
             raise ValueError("rollout.temperature 0 makes every sample of a group identical: nothing to learn")
-        from reczero.policy import MERGE_MODES
-
         if self.merge_lora not in MERGE_MODES:
             raise ValueError(f"rollout.merge_lora must be one of {MERGE_MODES}, got {self.merge_lora!r}")
 
@@ -141,8 +139,6 @@ def build_rollout(
 
     `response_prefix` (already at the end of each prompt) is scored together with each completion.
     """
-    from reczero.policy import merged_lora
-
     start = time.perf_counter()
     with merged_lora(model, cfg.merge_lora):
         gen = generate(
@@ -187,63 +183,3 @@ def record_from_generation(
         group_size=group,
         generation_seconds=generation_seconds,
     )
-
-
-class RolloutCallback(L.Callback):
-    """Samples the rollout of each training batch before `training_step` sees it.
-
-    The sampling generator's state is part of the checkpoint, so a resumed run samples exactly what
-    the uninterrupted run would have.
-    """
-
-    def __init__(self, cfg: RolloutConfig, spec: rewards.RewardSpec):
-        self.cfg, self.spec = cfg, spec
-        self.generator: torch.Generator | None = None
-        self._pending_state: torch.Tensor | None = None
-
-    @property
-    def state_key(self) -> str:
-        return "RolloutCallback"
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and trainer.datamodule is not None:
-            batch = trainer.datamodule.batch_size
-            if batch < 1:
-                raise ValueError(f"data.batch_size must be >= 1, got {batch}")
-
-    def _generator(self, device: torch.device, rank: int) -> torch.Generator:
-        if self.generator is None or self.generator.device != device:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.cfg.seed + 1_000_003 * rank)
-            if self._pending_state is not None:
-                gen.set_state(self._pending_state)
-                self._pending_state = None
-            self.generator = gen
-        return self.generator
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
-        model = pl_module.policy
-        was_training = model.training
-        model.eval()
-        try:
-            record = build_rollout(
-                model,
-                pl_module.tokenizer,
-                batch,
-                self.cfg,
-                self.spec,
-                pl_module.scale,
-                self._generator(batch["input_ids"].device, trainer.global_rank),
-                pl_module.response_prefix,
-            )
-        finally:
-            model.train(was_training)
-        pl_module.rollout = record
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state() if self.generator is not None else None}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict.get("generator") is not None:
-            self._pending_state = state_dict["generator"]
-            self.generator = None
