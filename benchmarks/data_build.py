@@ -20,7 +20,7 @@ from pathlib import Path
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import prompt_input
 from reczero.data.sources import SourceConfig
-from reczero.policy import PolicyConfig, load_tokenizer
+from reczero.policy.factory import PolicyConfig, load_tokenizer
 
 RESULTS = Path(__file__).parent / "results"
 

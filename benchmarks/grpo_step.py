@@ -32,7 +32,7 @@ def prompt_set(path: str, count: int):
     """The first `count` training prompts in our sampler's order, rendered, with their targets."""
     from reczero.data.datamodule import RatingDataModule
     from reczero.data.sources import SourceConfig
-    from reczero.policy import PolicyConfig, load_tokenizer
+    from reczero.policy.factory import PolicyConfig, load_tokenizer
 
     tok = load_tokenizer(PolicyConfig())
     dm = RatingDataModule(source=SourceConfig(format="movielens-100k", path=path), batch_size=1, seed=SEED)
@@ -55,7 +55,7 @@ def run_reczero(path: str, steps: int) -> dict:
     from reczero.data.datamodule import RatingDataModule
     from reczero.data.sources import SourceConfig
     from reczero.modules.grpo_module import GRPOModule
-    from reczero.policy import PolicyConfig
+    from reczero.policy.factory import PolicyConfig
     from reczero.rollout.record import RolloutConfig
 
     L.seed_everything(SEED)
@@ -103,7 +103,7 @@ def run_trl(path: str, steps: int) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from reczero import rewards
-    from reczero.bundled import bundled_model_dir
+    from reczero.policy.bundled import bundled_model_dir
 
     _, tok, prompts = prompt_set(path, steps)
     data = Dataset.from_dict({"prompt": [p for p, _ in prompts], "target": [t for _, t in prompts]})

@@ -25,7 +25,7 @@ import torch
 from reczero.data.batching import PromptCollator
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.samples import SampleConfig
-from reczero.policy import PolicyConfig, build_policy, load_tokenizer
+from reczero.policy.factory import PolicyConfig, build_policy, load_tokenizer
 from reczero.rollout.engine import SamplingConfig, generate
 from reczero.rollout.merge import merged_lora
 

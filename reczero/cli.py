@@ -141,8 +141,8 @@ def _flatten(section: dict, prefix: str = "") -> dict:
 
 
 def _tokenizer(name: str | None):
-    from reczero.bundled import BUNDLED
-    from reczero.policy import PolicyConfig, load_tokenizer
+    from reczero.policy.bundled import BUNDLED
+    from reczero.policy.factory import PolicyConfig, load_tokenizer
 
     model = BUNDLED if name in (None, "bundled") else name
     return load_tokenizer(PolicyConfig(model=model))

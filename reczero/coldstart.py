@@ -279,7 +279,7 @@ def build_parser():
     from jsonargparse import ArgumentParser
 
     from reczero.cli import add_data_arguments
-    from reczero.policy import PolicyConfig
+    from reczero.policy.factory import PolicyConfig
 
     parser = ArgumentParser(prog="reczero coldstart", description="Build SFT reasoning traces with a teacher model.")
     add_data_arguments(parser)
@@ -313,7 +313,7 @@ def build_parser():
 
 def main(args: list[str]) -> dict | None:
     from reczero.cli import parse_with_config
-    from reczero.evaluate import load_model
+    from reczero.policy.loading import load_model
 
     parser = build_parser()
     cfg = parse_with_config(parser, args, CONFIG_SECTIONS)
@@ -332,7 +332,7 @@ def main(args: list[str]) -> dict | None:
     if cfg.teacher_adapter and not Path(cfg.teacher_adapter, "adapter_config.json").is_file():
         parser.error(f"--teacher-adapter {cfg.teacher_adapter}: no adapter_config.json there (a peft adapter folder)")
     if cfg.teacher == TEACHER_NAME:  # no model to load; the policy's tokenizer renders the prompts
-        from reczero.policy import load_tokenizer
+        from reczero.policy.factory import load_tokenizer
 
         model, tokenizer = None, load_tokenizer(init.policy)
     else:

@@ -367,7 +367,8 @@ def main(args: list[str]) -> int:
     from jsonargparse import ArgumentParser
 
     from reczero.cli import add_data_arguments, parse_with_config
-    from reczero.evaluate import CONFIG_SECTIONS, add_model_arguments, decode_config, load_model
+    from reczero.evaluate import CONFIG_SECTIONS, add_model_arguments, decode_config
+    from reczero.policy.loading import load_model
 
     parser = ArgumentParser(prog="reczero predict", description="Rate requests (JSONL) with a policy.")
     parser.add_argument("--requests", type=str, required=True, help="a JSONL file, or - for stdin")

@@ -59,15 +59,15 @@ def tiny_model(tiny_tokenizer):
 @pytest.fixture
 def tiny_policy_config():
     """The PolicyConfig the tiny policy is built with (LoRA r=4 on all linear layers)."""
-    from reczero.policy import PolicyConfig
+    from reczero.policy.factory import PolicyConfig
 
     return PolicyConfig(lora_r=4, lora_alpha=8)
 
 
 @pytest.fixture
 def tiny_policy(tiny_model, tiny_policy_config):
-    """A LoRA policy (PeftModel) around `tiny_model`, built by `reczero.policy.build_policy`."""
-    from reczero.policy import build_policy
+    """A LoRA policy (PeftModel) around `tiny_model`, built by `reczero.policy.factory.build_policy`."""
+    from reczero.policy.factory import build_policy
 
     return build_policy(tiny_policy_config, base_model=tiny_model)
 

@@ -17,7 +17,8 @@ from reczero.data.samples import SampleConfig, assign_splits
 from reczero.data.schema import SCALES
 from reczero.data.sources import SourceConfig
 from reczero.decoding import DecodeConfig, decode_batch, expected_from_logits, mean_rating, rating_candidates
-from reczero.evaluate import EvalResult, SampleResult, evaluate, load_checkpoint_weights, summarize
+from reczero.evaluate import EvalResult, SampleResult, evaluate, summarize
+from reczero.policy.loading import load_checkpoint_weights
 
 SCRIPT = (
     "<analyze user>likes drama</analyze user><analyze item>a drama</analyze item><match>fits</match><rate>4</rate>"
@@ -238,7 +239,7 @@ def _checkpoint(policy, path, extra=None):
 
 
 def test_checkpoint_weights_load_and_give_the_same_logits(tmp_path, tiny_model_dir):
-    from reczero.policy import PolicyConfig, build_policy
+    from reczero.policy.factory import PolicyConfig, build_policy
 
     cfg = PolicyConfig(model=str(tiny_model_dir), lora_r=4, lora_alpha=8)
     trained = perturb_lora(build_policy(cfg), scale=0.2).eval()
@@ -255,7 +256,7 @@ def test_checkpoint_weights_load_and_give_the_same_logits(tmp_path, tiny_model_d
 def test_checkpoint_written_by_the_lightning_module_loads(tmp_path, tiny_model_dir):
     """The real format: GRPOModule.on_save_checkpoint (adapter-only state_dict) -> load_checkpoint_weights."""
     from reczero.modules.grpo_module import GRPOModule
-    from reczero.policy import PolicyConfig, build_policy
+    from reczero.policy.factory import PolicyConfig, build_policy
 
     cfg = PolicyConfig(model=str(tiny_model_dir), lora_r=4, lora_alpha=8)
     module = GRPOModule(policy=cfg)
@@ -272,7 +273,7 @@ def test_checkpoint_written_by_the_lightning_module_loads(tmp_path, tiny_model_d
 
 
 def test_checkpoint_of_another_rank_or_a_partial_one_is_refused(tmp_path, tiny_model_dir):
-    from reczero.policy import PolicyConfig, build_policy
+    from reczero.policy.factory import PolicyConfig, build_policy
 
     _checkpoint(build_policy(PolicyConfig(model=str(tiny_model_dir), lora_r=8)), tmp_path / "r8.ckpt")
     policy = build_policy(PolicyConfig(model=str(tiny_model_dir), lora_r=4))
@@ -298,7 +299,7 @@ DATA_SECTION = {
 
 def test_evaluate_command_with_a_fit_config_and_a_checkpoint(tmp_path, tiny_model_dir):
     from reczero.evaluate import main
-    from reczero.policy import PolicyConfig, build_policy
+    from reczero.policy.factory import PolicyConfig, build_policy
 
     policy = {"model": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8}
     config = {

@@ -13,9 +13,10 @@ from reczero import rewards
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.samples import SampleConfig
 from reczero.data.sources import SourceConfig
-from reczero.modules.grpo_module import GRPOModule, completion_logprobs, shared_prefix_logprobs
+from reczero.modules.grpo_module import GRPOModule
 from reczero.modules.rollout_callback import RolloutCallback
-from reczero.policy import PolicyConfig
+from reczero.policy.factory import PolicyConfig
+from reczero.policy.forward import completion_logprobs, shared_prefix_logprobs
 from reczero.rollout.engine import Generation
 from reczero.rollout.record import RolloutConfig, record_from_generation
 

@@ -1,4 +1,4 @@
-"""Policy factory (`reczero.policy`) and bundled-model cache (`reczero.bundled`), on the tiny Llama."""
+"""Policy factory and adapters (`reczero.policy`) and bundled-model cache (`reczero.policy.bundled`), on the tiny Llama."""
 
 from __future__ import annotations
 
@@ -10,18 +10,9 @@ import torch
 from tiny import make_tiny_llama, make_tiny_tokenizer, perturb_lora
 from transformers import AutoModelForCausalLM
 
-from reczero import bundled
-from reczero.policy import (
-    PolicyConfig,
-    build_policy,
-    export_merged,
-    is_quantised,
-    load_adapter,
-    load_tokenizer,
-    reference_mode,
-    resolve_dtype,
-    save_adapter,
-)
+from reczero.policy import bundled
+from reczero.policy.adapters import export_merged, load_adapter, reference_mode, save_adapter
+from reczero.policy.factory import PolicyConfig, build_policy, is_quantised, load_tokenizer, resolve_dtype
 
 
 @pytest.fixture

@@ -19,9 +19,10 @@ from reczero.data.datamodule import RatingDataModule
 from reczero.data.samples import SampleConfig
 from reczero.data.schema import SCALES
 from reczero.data.sources import SourceConfig
-from reczero.modules.grpo_module import GRPOModule, save_stacked_adapter
+from reczero.modules.grpo_module import GRPOModule
 from reczero.modules.sft_module import SFTModule, completion_loss, policy_completion_loss
-from reczero.policy import PolicyConfig, build_policy, reference_mode, save_adapter
+from reczero.policy.adapters import reference_mode, save_adapter, save_stacked_adapter
+from reczero.policy.factory import PolicyConfig, build_policy
 from reczero.prompts import example_answer, format_completion
 from reczero.traces import leaks_hint
 

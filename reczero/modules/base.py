@@ -19,7 +19,8 @@ import torch
 
 from reczero import metrics, rewards
 from reczero.checkpointing import capture_rng, restore_rng
-from reczero.policy import PolicyConfig, build_policy, load_tokenizer, save_adapter
+from reczero.policy.adapters import save_adapter
+from reczero.policy.factory import PolicyConfig, build_policy, load_tokenizer
 from reczero.rollout.engine import SamplingConfig, generate
 from reczero.rollout.merge import merged_lora
 

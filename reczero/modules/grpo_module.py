@@ -22,7 +22,6 @@ and the warmup schedule step. A non-finite loss or gradient skips the step (opti
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -35,8 +34,9 @@ import torch
 from reczero import grpo, rewards
 from reczero.modules.base import PolicyModule, as_config
 from reczero.modules.rollout_callback import RolloutCallback
-from reczero.policy import PolicyConfig, build_policy, load_base_model, reference_mode, unwrap_policy
-from reczero.rollout.engine import _CACHE_KWARG, _cache_of
+from reczero.policy.adapters import REFERENCES, merged_base, reference_mode, save_stacked_adapter, stacked_config
+from reczero.policy.factory import PolicyConfig, build_policy
+from reczero.policy.forward import completion_logprobs, shared_prefix_logprobs
 from reczero.rollout.record import RolloutConfig, RolloutRecord
 
 log = logging.getLogger(__name__)
@@ -44,110 +44,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteError(RuntimeError):
     """Raised after too many consecutive non-finite steps."""
-
-
-def completion_logprobs(model, record: RolloutRecord, rows: slice, temperature: float) -> torch.Tensor:
-    """Log-probs of the completion tokens of `rows`: [n, C]. Logits only at the C positions that predict them."""
-    ids = record.input_ids[rows]  # [n, P + C]
-    mask = record.attention_mask[rows]  # [n, P + C]
-    width = record.completion_mask.shape[1]  # C
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [n, P + C]
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=width + 1).logits
-    logits = logits[:, :-1, :]  # [n, C, V]: position t predicts completion token t
-    return grpo.token_logprobs(logits, ids[:, -width:], temperature)
-
-
-def shared_prefix_logprobs(model, record: RolloutRecord, rows: slice, temperature: float) -> torch.Tensor:
-    """Same result as `completion_logprobs`, running each group's shared prompt ONCE (with gradients).
-
-    `rows` must cover whole groups. The prompt's KV cache is computed for the n / G distinct prompts,
-    repeated G times (differentiably), and the completions attend to it; the gradient reaching the
-    prompt positions is the sum over the group, exactly as in the unshared computation.
-    """
-    group, width = record.group_size, record.completion_mask.shape[1]  # G, C
-    p = record.prompt_width
-    ids = record.input_ids[rows]  # [n, P + C]
-    mask = record.attention_mask[rows]  # [n, P + C]
-    prompt_ids, prompt_mask = ids[::group, :p], mask[::group, :p]  # [n / G, P]
-    prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # [n / G, P]
-    out = model(
-        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True, logits_to_keep=1
-    )
-    first = out.logits[:, -1, :].repeat_interleave(group, dim=0)  # [n, V]: predicts completion token 0
-    cache = _cache_of(out)
-    cache.batch_repeat_interleave(group)  # [n / G, ...] -> [n, ...], prompt-major like the rollout
-    start = prompt_pos[:, -1:].repeat_interleave(group, dim=0) + 1  # [n, 1]
-    steps = torch.arange(width, device=ids.device)[None, :]  # [1, C]
-    out = model(
-        input_ids=ids[:, p:], attention_mask=mask, position_ids=start + steps, use_cache=True, **{_CACHE_KWARG: cache}
-    )
-    # log-probs of token 0 and of tokens 1..C-1 apart: concatenating the logits would copy [n, C, V]
-    head = grpo.token_logprobs(first[:, None, :], ids[:, p : p + 1], temperature)  # [n, 1]
-    if width == 1:
-        return head
-    rest = grpo.token_logprobs(out.logits[:, :-1, :], ids[:, p + 1 :], temperature)  # [n, C - 1]
-    return torch.cat([head, rest], dim=1)
-
-
-REFERENCES = ("base", "sft")
-
-
-def merged_base(cfg: PolicyConfig, base_model=None):
-    """The base model of `cfg` (or `base_model`) with the saved adapter `cfg.adapter_path` folded into
-    its weights (peft `merge_and_unload`; with 4-bit weights the sum is re-quantised, approximately)."""
-    from peft import PeftModel
-
-    base = load_base_model(cfg) if base_model is None else base_model
-    return PeftModel.from_pretrained(base, cfg.adapter_path).merge_and_unload()
-
-
-def stacked_config(cfg: PolicyConfig) -> PolicyConfig:
-    """The fresh LoRA trained on top of a merged adapter: `cfg`'s rank / alpha, the saved adapter's targets
-    (so the two stack into one adapter, `save_stacked_adapter`)."""
-    from peft import LoraConfig
-
-    targets = LoraConfig.from_pretrained(cfg.adapter_path).target_modules
-    targets = targets if isinstance(targets, str) else sorted(targets)
-    return dataclasses.replace(cfg, adapter_path=None, target_modules=targets)
-
-
-def save_stacked_adapter(policy, first_dir: str | Path, out_dir: str | Path) -> Path:
-    """Save ONE adapter equal to the saved adapter `first_dir` plus the policy's (trained on top of it).
-
-    Exact: per layer, B1 s1 A1 + B2 s2 A2 = [s1 B1, s2 B2] [A1; A2], an adapter of rank r1 + r2 with
-    scale 1 (alpha = rank). The result applies to the plain base model, like every other adapter, so
-    `reczero evaluate --adapter` and `policy.adapter_path` take it as is.
-    """
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict, load_peft_weights
-    from safetensors.torch import save_file
-
-    model = unwrap_policy(policy)
-    first_cfg, second_cfg = LoraConfig.from_pretrained(str(first_dir)), model.peft_config[model.active_adapter]
-    for c in (first_cfg, second_cfg):
-        if c.rank_pattern or c.alpha_pattern or c.use_dora or c.modules_to_save:
-            raise NotImplementedError("stacking adapters with rank/alpha patterns, DoRA or modules_to_save")
-    first, second = load_peft_weights(str(first_dir), device="cpu"), get_peft_model_state_dict(model)
-    if set(first) != set(second):
-        raise ValueError(f"adapters at {first_dir} and in the policy target different modules: cannot stack")
-
-    def scale(c) -> float:
-        return c.lora_alpha / (math.sqrt(c.r) if c.use_rslora else c.r)
-
-    stacked = {}
-    for key in first:
-        if ".lora_A." in key:  # A: [r, in], B: [out, r]
-            b_key = key.replace(".lora_A.", ".lora_B.")
-            stacked[key] = torch.cat([first[key], second[key].detach().cpu().to(first[key].dtype)], dim=0)
-            b1, b2 = first[b_key] * scale(first_cfg), second[b_key].detach().cpu().to(first[b_key].dtype)
-            stacked[b_key] = torch.cat([b1, b2 * scale(second_cfg)], dim=1).contiguous()
-    rank = first_cfg.r + second_cfg.r
-    config = dataclasses.replace(second_cfg, r=rank, lora_alpha=rank, use_rslora=False)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(out_dir))
-    save_file({k: v.contiguous() for k, v in stacked.items()}, str(out_dir / "adapter_model.safetensors"))
-    return out_dir
 
 
 class GRPOModule(PolicyModule):

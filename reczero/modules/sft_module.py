@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from reczero import rewards
 from reczero.modules.base import PolicyModule, as_config
-from reczero.policy import PolicyConfig
+from reczero.policy.factory import PolicyConfig
 from reczero.traces import ON_BAD, load_traces, match_traces
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from reczero.policy.forward import _CACHE_KWARG, _cache_of
 from reczero.rollout.kv_cache import preallocate
 
 
@@ -102,23 +103,6 @@ def stop_token_ids(tokenizer, model=None) -> set[int]:
     elif eos:
         ids.update(int(e) for e in eos)
     return ids
-
-
-def _cache_kwarg() -> str:
-    """transformers 5.2x renamed `past_key_values` to `cache`; support both."""
-    import inspect
-
-    from transformers import LlamaForCausalLM
-
-    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
-
-
-_CACHE_KWARG = _cache_kwarg()
-
-
-def _cache_of(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
 
 
 @torch.no_grad()

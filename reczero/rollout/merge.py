@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from reczero.policy import is_quantised, unwrap_policy
+from reczero.policy.factory import is_quantised, unwrap_policy
 
 MERGE_MODES = ("auto", "always", "never")
 

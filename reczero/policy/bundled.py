@@ -8,14 +8,14 @@ two CPU cores), so `bundled_model_dir()` converts it once into an ordinary Huggi
 
     $RECZERO_CACHE/models/smollm2-135m-instruct      (RECZERO_CACHE defaults to ~/.cache/reczero)
 
-The cached copy reloads in well under a second. `reczero.policy` maps the name `BUNDLED` to this
+The cached copy reloads in well under a second. `reczero.policy.factory` maps the name `BUNDLED` to this
 folder, so `--model.policy.model=bundled:smollm2-135m-instruct` (the default) just works.
 
 The conversion is atomic: it writes into a temporary sibling folder, writes a marker file last and
 renames the folder into place, so an interrupted or concurrent conversion never leaves a folder
 that looks valid. On POSIX a lock file also stops two processes from converting at the same time.
 
-`python -m reczero.bundled [--force]` converts (if needed) and prints the folder.
+`python -m reczero.policy.bundled [--force]` converts (if needed) and prints the folder.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def bundled_model_dir(force: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m reczero.bundled", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m reczero.policy.bundled", description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="convert again even if a complete copy is cached")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
