@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reczero.checkpointing import AtomicCheckpointIO
+from reczero.modules.checkpointing import AtomicCheckpointIO
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 10

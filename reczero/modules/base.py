@@ -18,7 +18,7 @@ import lightning as L
 import torch
 
 from reczero import metrics, rewards
-from reczero.checkpointing import capture_rng, restore_rng
+from reczero.modules.checkpointing import capture_rng, restore_rng
 from reczero.policy.adapters import save_adapter
 from reczero.policy.factory import PolicyConfig, build_policy, load_tokenizer
 from reczero.rollout.engine import SamplingConfig, generate

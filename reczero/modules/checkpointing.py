@@ -3,9 +3,9 @@
 `AtomicCheckpointIO` writes each checkpoint to a temporary file in the same folder, flushes it to
 disk and renames it over the target, so a crash or a full disk during a save leaves the previous
 checkpoint whole and loadable. Loading uses `weights_only=True`: a checkpoint holds tensors and
-plain containers, never pickled code. Use it with `--trainer.plugins=reczero.checkpointing.AtomicCheckpointIO`
-(the configs in `configs/` do). Keep-last-N is Lightning's own: `ModelCheckpoint(monitor="step",
-mode="max", save_top_k=N)`.
+plain containers, never pickled code. Use it with
+`--trainer.plugins=reczero.modules.checkpointing.AtomicCheckpointIO` (the configs in `configs/` do).
+Keep-last-N is Lightning's own: `ModelCheckpoint(monitor="step", mode="max", save_top_k=N)`.
 """
 
 from __future__ import annotations
