@@ -28,7 +28,7 @@ COMMANDS = {  # command -> "module:function(argv)", imported only when used
     "baselines": "reczero.evaluate:baselines_main",
     "report": "reczero.report:main",
     "predict": "reczero.predict:main",
-    "coldstart": "reczero.coldstart:main",
+    "coldstart": "reczero.recone.coldstart:main",
 }  # `predict` is reczero.predict, not LightningCLI's
 
 

@@ -14,7 +14,6 @@ import pytest
 import torch
 from tiny import make_tiny_llama, perturb_lora
 
-from reczero import coldstart
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.samples import SampleConfig
 from reczero.data.schema import SCALES
@@ -24,7 +23,8 @@ from reczero.modules.sft_module import SFTModule, completion_loss, policy_comple
 from reczero.policy.adapters import reference_mode, save_adapter, save_stacked_adapter
 from reczero.policy.factory import PolicyConfig, build_policy
 from reczero.prompts import example_answer, format_completion
-from reczero.traces import leaks_hint
+from reczero.recone import coldstart
+from reczero.recone.traces import leaks_hint
 
 SCALE = SCALES["1-5"]
 PREFIX = "<analyze user>"

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from reczero import coldstart, rewards
+from reczero import rewards
 from reczero.data.schema import SCALES
 from reczero.prompts import HistoryLine, PromptInput, example_answer
-from reczero.template_teacher import genre_deviation, template_trace
+from reczero.recone import coldstart
+from reczero.recone.teacher import genre_deviation, template_trace
 
 SCALE = SCALES["1-5"]
 

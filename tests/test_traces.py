@@ -13,7 +13,7 @@ from reczero.data.samples import SampleConfig
 from reczero.data.schema import SCALES
 from reczero.data.sources import SourceConfig
 from reczero.prompts import format_completion
-from reczero.traces import TraceError, leaks_hint, load_traces, match_traces
+from reczero.recone.traces import TraceError, leaks_hint, load_traces, match_traces
 
 SCALE = SCALES["1-5"]
 

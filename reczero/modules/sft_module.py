@@ -1,7 +1,7 @@
 """`SFTModule`: RecOne's cold start, supervised fine-tuning on reasoning traces before the GRPO stage.
 
 Method (method.md, RecOne): about 1,000 four-tag traces (`reczero coldstart` builds them; format in
-`reczero.traces`) teach the policy the Think-before-Recommendation format and a sensible reasoning
+`reczero.recone.traces`) teach the policy the Think-before-Recommendation format and a sensible reasoning
 style; GRPO then starts from the saved adapter (`policy.adapter_path` in configs/recone.yaml).
 
 Training:
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from reczero import rewards
 from reczero.modules.base import PolicyModule, as_config
 from reczero.policy.factory import PolicyConfig
-from reczero.traces import ON_BAD, load_traces, match_traces
+from reczero.recone.traces import ON_BAD, load_traces, match_traces
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class SFTModule(PolicyModule):
     """RecOne's SFT cold start on the shared policy (LoRA / QLoRA through `policy`).
 
     Args:
-        traces: the trace JSONL file (see `reczero.traces`), matched to train-split samples.
+        traces: the trace JSONL file (see `reczero.recone.traces`), matched to train-split samples.
         policy: the model, LoRA / 4-bit settings (shared with the GRPO module).
         reward: the template and format rules; used to validate traces and score validation decoding.
         on_bad_trace: "error" stops at the first invalid or unmatched trace (naming file, line and reason);

@@ -16,10 +16,10 @@ hint and keep an explanation that reaches it without mentioning it (Reason4Rec's
      format, rates exactly the hint and does not leak it (`judge_hinted`, `traces.leaks_hint`);
      else the sample is dropped.
 
-`--teacher template` replaces the model by `template_teacher` (rule-based, one try, no hint round)
+`--teacher template` replaces the model by `teacher` (rule-based, one try, no hint round)
 for machines where no model teacher is strong enough.
 
-Output: the traces JSONL (`reczero.traces` format, plus `target` and `source` = "direct" | "hint"),
+Output: the traces JSONL (`reczero.recone.traces` format, plus `target` and `source` = "direct" | "hint"),
 appended and flushed after every batch, and `<output>.stats.json` (rewritten after every batch):
 kept directly, kept after the hint, dropped by reason. Resumable: samples already in the output, or
 recorded as dropped in the stats, are skipped, and the run stops once the output holds `--num-traces`
@@ -40,9 +40,9 @@ from pathlib import Path
 from reczero import rewards
 from reczero.data.render import prompt_input
 from reczero.prompts import STEP_TAGS, answer_format, example_answer, format_rating
+from reczero.recone.teacher import TEACHER_NAME, template_trace
+from reczero.recone.traces import leaks_hint
 from reczero.scale import RatingScale
-from reczero.template_teacher import TEACHER_NAME, template_trace
-from reczero.traces import leaks_hint
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def _tokenize(tokenizer, texts: list[str], device):
 
 
 def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
-    """Build traces for `dm`'s train split with `model` (eval mode; None: `template_teacher`, one
+    """Build traces for `dm`'s train split with `model` (eval mode; None: `teacher.template_trace`, one
     deterministic try per sample, no hint round); returns the stats. `cfg` holds num_traces,
     max_samples, tries, hint_tries, tolerance, batch_size, temperature, top_p, max_new_tokens, seed."""
     import torch
