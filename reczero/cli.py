@@ -24,12 +24,12 @@ import sys
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 COMMANDS = {  # command -> "module:function(argv)", imported only when used
-    "evaluate": "reczero.evaluate:main",
-    "baselines": "reczero.evaluate:baselines_main",
-    "report": "reczero.report:main",
-    "predict": "reczero.predict:main",
+    "evaluate": "reczero.evaluation.evaluate:main",
+    "baselines": "reczero.evaluation.baselines:baselines_main",
+    "report": "reczero.evaluation.report:main",
+    "predict": "reczero.evaluation.predict:main",
     "coldstart": "reczero.recone.coldstart:main",
-}  # `predict` is reczero.predict, not LightningCLI's
+}  # `predict` is reczero.evaluation.predict, not LightningCLI's
 
 
 def lightning_cli(args: list[str] | None) -> None:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from reczero.baselines import (
-    BaselineResult,
+from reczero.evaluation.baselines import BaselineResult, format_table, run_baselines
+from reczero.evaluation.predictors import (
     BiasBaseline,
     BiasedMF,
     GlobalMean,
@@ -18,8 +18,6 @@ from reczero.baselines import (
     RatingTriples,
     UserMean,
     encode,
-    format_table,
-    run_baselines,
 )
 
 # a rated x 5, y 3; b rated x 2.  mu = 10/3, user means a 4, b 2, item means x 3.5, y 3.

@@ -11,13 +11,20 @@ import torch
 import yaml
 from tiny import perturb_lora
 
-from reczero import decoding, rewards
+from reczero import rewards
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.samples import SampleConfig, assign_splits
 from reczero.data.schema import SCALES
 from reczero.data.sources import SourceConfig
-from reczero.decoding import DecodeConfig, decode_batch, expected_from_logits, mean_rating, rating_candidates
-from reczero.evaluate import EvalResult, SampleResult, evaluate, summarize
+from reczero.evaluation import decoding
+from reczero.evaluation.decoding import (
+    DecodeConfig,
+    decode_batch,
+    expected_from_logits,
+    mean_rating,
+    rating_candidates,
+)
+from reczero.evaluation.evaluate import EvalResult, SampleResult, evaluate, summarize
 from reczero.policy.loading import load_checkpoint_weights
 
 SCRIPT = (
@@ -298,7 +305,7 @@ DATA_SECTION = {
 
 
 def test_evaluate_command_with_a_fit_config_and_a_checkpoint(tmp_path, tiny_model_dir):
-    from reczero.evaluate import main
+    from reczero.evaluation.evaluate import main
     from reczero.policy.factory import PolicyConfig, build_policy
 
     policy = {"model": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8}
@@ -327,7 +334,7 @@ def test_evaluate_command_with_a_fit_config_and_a_checkpoint(tmp_path, tiny_mode
 
 
 def test_baselines_command_on_a_small_synthetic_set(tmp_path, capsys):
-    from reczero.evaluate import baselines_main
+    from reczero.evaluation.baselines import baselines_main
 
     data = [f"--data.cache_dir={tmp_path / 'cache'}", "--data.source.synthetic_users=40"]
     out = baselines_main(

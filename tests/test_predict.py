@@ -12,7 +12,7 @@ from reczero.data.render import prompt_input
 from reczero.data.samples import SampleConfig
 from reczero.data.schema import DataFormatError
 from reczero.data.sources import SourceConfig
-from reczero.predict import DatasetIndex, main, read_requests
+from reczero.evaluation.predict import DatasetIndex, main, read_requests
 
 INLINE = {
     "id": "r1",

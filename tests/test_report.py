@@ -8,8 +8,8 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from reczero.data.schema import SCALES
-from reczero.evaluate import EvalResult, SampleResult, summarize, write_outputs
-from reczero.report import main, read_scalars, table_rows
+from reczero.evaluation.evaluate import EvalResult, SampleResult, summarize, write_outputs
+from reczero.evaluation.report import main, read_scalars, table_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -341,7 +341,7 @@ def test_new_configs_parse(config, capsys):
 
 def test_sft_fit_through_the_cli_with_held_out_traces(tmp_path, tiny_model_dir):
     from reczero.cli import main
-    from reczero.report import read_scalars
+    from reczero.evaluation.report import read_scalars
 
     cache, out = tmp_path / "cache", tmp_path / "run"
     traces = tmp_path / "traces.jsonl"

@@ -1,16 +1,16 @@
-"""Offline evaluation: `reczero evaluate` (an LLM policy) and `reczero baselines` (classical predictors).
+"""Offline evaluation of an LLM policy: `reczero evaluate`.
 
 `reczero evaluate` scores a policy on the DataModule's validation or test samples:
   - the policy is the bare base model (zero-shot), a saved peft adapter folder (`--adapter`) or a
     Lightning checkpoint (`--ckpt`, LoRA weights under `policy.`-prefixed state_dict keys, loaded
-    into a policy built from `--policy.*` / the config's `model.init_args.policy`);
-  - ratings come from `reczero.decoding` (greedy, expected or self_consistency);
+    into a policy built from `--policy.*` / the config's `model.init_args.policy`; `policy.loading`);
+  - ratings come from `decoding` (greedy, expected or self_consistency);
   - metrics from `metrics.rating_metrics`: an unparsable answer counts, scored with the fallback
     below (never as a perfect answer), and lowers the parse rate;
   - `--output preds.jsonl` writes one line per sample and `preds.metrics.json` beside it.
 
-`reczero baselines` runs `baselines.run_baselines` on the same chronological split (see
-`baseline_split`) and writes its table and JSON. Both JSON files are what `reczero report` reads.
+`reczero baselines` (`baselines`) scores the classical predictors on the same split; both JSON files
+are what `reczero report` reads.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from reczero import metrics
-from reczero.decoding import MODES, DecodeConfig, decode_batch, output_fields, rating_candidates
+from reczero.evaluation.decoding import MODES, DecodeConfig, decode_batch, output_fields, rating_candidates
 from reczero.policy.loading import load_model
 
 log = logging.getLogger(__name__)
@@ -325,101 +325,3 @@ def main(args: list[str]) -> dict:
         path = write_outputs(result, summary, cfg.output)
         print(f"wrote {cfg.output} and {path}")
     return summary
-
-
-# -- CLI: reczero baselines -----------------------------------------------------------------------
-def baseline_split(dm) -> dict:
-    """The classical predictors' view of the DataModule's split.
-
-    train: every interaction whose split is `train` (leave_last: each user's ratings but the last two;
-    time: those before the first cut), as (user, item, rating). validation / test: the DataModule's
-    validation / test samples (after min_history and any max_samples cap): their (user, item) pairs,
-    true ratings and sample keys. `run_baselines` refits on train + the validation targets for test.
-    """
-    from reczero.data.samples import assign_splits
-
-    dm.setup()
-    rows = dm.data.interactions
-    splits = assign_splits(dm.data, dm.sample_config)
-    out = {"train": [(r.user, r.item, r.rating) for r, s in zip(rows, splits) if s == "train"]}
-    for split in ("validation", "test"):
-        positions = dm.positions(split)
-        targets = [rows[dm.table.target[p]] for p in positions]
-        out[split] = {
-            "pairs": [(r.user, r.item) for r in targets],
-            "truth": [r.rating for r in targets],
-            "keys": [dm.sample_key(p) for p in positions],
-        }
-    return out
-
-
-def split_description(dm, split: dict) -> str:
-    cfg = dm.sample_config
-    how = (
-        "leave-last chronological split (per user: last rating -> test, second to last -> validation)"
-        if cfg.split == "leave_last"
-        else f"global time split at quantiles {cfg.time_quantiles}"
-    )
-    return (
-        f"{dm.data.name}, {how}. Fit on {len(split['train'])} train interactions; tuned on the "
-        f"{len(split['validation']['pairs'])} validation samples; refit on train + validation and scored on the "
-        f"{len(split['test']['pairs'])} test samples (the same samples an LLM is evaluated on; samples with under "
-        f"{cfg.min_history} history records are dropped)."
-    )
-
-
-def baselines_main(args: list[str]) -> dict:
-    from jsonargparse import ArgumentParser
-
-    from reczero.baselines import DEFAULT_GRIDS, format_table, run_baselines
-    from reczero.cli import add_data_arguments, parse_with_config
-
-    parser = ArgumentParser(prog="reczero baselines", description="Classical rating predictors on the same split.")
-    add_data_arguments(parser)
-    parser.add_argument("--output", type=str, default=None, help="write the results as JSON here")
-    parser.add_argument("--methods", type=str, nargs="+", default=None, help=f"subset of {', '.join(DEFAULT_GRIDS)}")
-    parser.add_argument("--select-by", type=str, default="mae", choices=["mae", "rmse"])
-    parser.add_argument("--seed", type=int, default=0)
-    cfg = parse_with_config(parser, args)
-    dm = parser.instantiate(cfg).data
-    start = time.perf_counter()
-    unknown = sorted(set(cfg.methods or ()) - set(DEFAULT_GRIDS))
-    if unknown:
-        parser.error(f"unknown method(s) {unknown}; known: {list(DEFAULT_GRIDS)}")
-    grids = None if cfg.methods is None else {m: DEFAULT_GRIDS[m] for m in cfg.methods}
-    split = baseline_split(dm)
-    valid, test, scale = split["validation"], split["test"], dm.scale
-    results = run_baselines(
-        split["train"], valid["pairs"], valid["truth"], test["pairs"], test["truth"],
-        scale.low, scale.high, grids=grids, seed=cfg.seed, select_by=cfg.select_by,
-    )  # fmt: skip
-    seconds = time.perf_counter() - start
-    description = split_description(dm, split)
-    print(description + "\n")
-    print(format_table(results))
-    print(f"\n{seconds:.1f} s in all (data, search and refits)")
-    out = {
-        "kind": "baselines",
-        "data": {"name": dm.data.name, "scale": scale.name},
-        "split": description,
-        "counts": {"train": len(split["train"]), "validation": len(valid["pairs"]), "test": len(test["pairs"])},
-        "seconds": seconds,
-        "select_by": cfg.select_by,
-        "results": [_result_json(r) for r in results],
-        "samples": {
-            name: {"keys": part["keys"], "truth": part["truth"]}
-            for name, part in (("validation", valid), ("test", test))
-        },
-    }
-    if cfg.output:
-        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.output).write_text(json.dumps(out) + "\n")
-        print(f"wrote {cfg.output}")
-    return out
-
-
-def _result_json(res) -> dict:
-    row = {k: v for k, v in dataclasses.asdict(res).items() if k not in ("valid_pred", "test_pred")}
-    row["valid_pred"] = [round(float(x), 4) for x in res.valid_pred]
-    row["test_pred"] = [round(float(x), 4) for x in res.test_pred]
-    return row

@@ -13,7 +13,7 @@ shown, as in training), or by ids looked up in the `--config` dataset:
     {"id": "r2", "user": "196", "item": "242", "timestamp": 881250949}
 
 which shows the user's and the item's interactions strictly before `timestamp` (default: after every
-interaction), the item's by other users only, and the averages over all of them (as `samples.py`).
+interaction), the item's by other users only, and the averages over all of them (as `data/samples.py`).
 
 Every request is checked before the model loads. A bad line stops the run with an error naming the
 line and the field (`--on-bad-row skip`: a warning per line on stderr, counted at the end).
@@ -321,7 +321,7 @@ def predict_stream(model, tokenizer, dm, requests: list[Request], decode, batch_
     import torch
 
     from reczero.data.batching import PromptCollator
-    from reczero.decoding import decode_batch
+    from reczero.evaluation.decoding import decode_batch
 
     dm.set_tokenizer(tokenizer)
     renderer = dm.renderer
@@ -367,7 +367,7 @@ def main(args: list[str]) -> int:
     from jsonargparse import ArgumentParser
 
     from reczero.cli import add_data_arguments, parse_with_config
-    from reczero.evaluate import CONFIG_SECTIONS, add_model_arguments, decode_config
+    from reczero.evaluation.evaluate import CONFIG_SECTIONS, add_model_arguments, decode_config
     from reczero.policy.loading import load_model
 
     parser = ArgumentParser(prog="reczero predict", description="Rate requests (JSONL) with a policy.")

@@ -1,18 +1,8 @@
 """Classical rating predictors: the bar a reasoning recommender has to clear on the same split.
 
 Pure numpy re-implementations of the Surprise algorithms practitioners quote (global / user / item
-mean, `BaselineOnly`, `SVD`, `KNNBaseline` with item-item `pearson_baseline` similarity), plus
-`run_baselines`, which tunes each one on the validation split only and reports validation and test
-MAE / RMSE in the same form as the LLM evaluation.
-
-Protocol of `run_baselines` (the usual one for a chronological leave-last-out split):
-  1. fit every candidate of a method's grid on `train`, score it on the validation targets;
-  2. keep the candidate with the lowest validation metric (`select_by`, MAE by default, the paper's
-     headline metric; ties keep the earlier grid point);
-  3. refit that candidate on train + validation rows (everything that happened before the test
-     interactions, the same history the LLM prompt may show) and score it on the test targets.
-Before step 3 the test ratings are only checked for count and finiteness; they never take part in
-the choice. Every prediction is clipped to the rating scale.
+mean, `BaselineOnly`, `SVD`, `KNNBaseline` with item-item `pearson_baseline` similarity), named in
+`PREDICTORS`; `baselines.run_baselines` tunes and scores them.
 
 Ids are encoded to int codes by `encode`; an id absent from the fitted rows gets code -1 and every
 predictor falls back for it (user mean -> global mean, item bias -> 0, neighbours -> baseline).
@@ -21,21 +11,14 @@ Predictors take and return numpy arrays and never see string ids.
 
 from __future__ import annotations
 
-import inspect
-import itertools
-import math
-import time
-import warnings
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 __all__ = [
-    "DEFAULT_GRIDS",
     "PREDICTORS",
-    "BaselineResult",
     "BiasBaseline",
     "BiasedMF",
     "GlobalMean",
@@ -46,8 +29,6 @@ __all__ = [
     "TooLargeError",
     "UserMean",
     "encode",
-    "format_table",
-    "run_baselines",
 ]
 
 
@@ -376,168 +357,3 @@ class ItemKNN(_Fitted):
 PREDICTORS: dict[str, type] = {
     cls.name: cls for cls in (GlobalMean, UserMean, ItemMean, BiasBaseline, BiasedMF, ItemKNN)
 }
-
-# Small validation grids: all of them take about 20 s on ML-100K on 2 CPU cores (MF is most of it).
-DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
-    "global_mean": {},
-    "user_mean": {},
-    "item_mean": {},
-    "bias_baseline": {"reg_user": [2.0, 5.0, 15.0, 30.0], "reg_item": [2.0, 5.0, 10.0, 25.0]},
-    "biased_mf": {"factors": [16, 50], "reg": [0.02, 0.05, 0.1], "epochs": [20, 40]},
-    "item_knn": {"k": [20, 40], "shrinkage": [100.0]},
-}
-
-
-@dataclass
-class BaselineResult:
-    """One method's chosen hyper-parameters and its scores (predictions clipped to the scale).
-
-    valid_*: the chosen candidate fit on train, scored on validation. test_*: refit on train +
-    validation, scored on test. fit_seconds: that refit plus its test predictions; search_seconds:
-    the whole validation grid. valid_pred [n_valid] / test_pred [n_test]: the clipped predictions,
-    in target order, for per-sample comparisons with an LLM.
-    """
-
-    name: str
-    params: dict[str, Any]
-    valid_mae: float
-    valid_rmse: float
-    test_mae: float
-    test_rmse: float
-    n_valid: int
-    n_test: int
-    fit_seconds: float
-    search_seconds: float = 0.0
-    n_candidates: int = 1
-    valid_pred: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
-    test_pred: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
-
-
-def _errors(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    diff = pred - truth
-    return float(np.abs(diff).mean()), float(math.sqrt((diff * diff).mean()))
-
-
-def _candidates(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    keys = list(grid)
-    for key in keys:
-        if isinstance(grid[key], (str, bytes)) or not isinstance(grid[key], Sequence) or not grid[key]:
-            raise ValueError(f"grid values must be non-empty lists, got {key}={grid[key]!r}")
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[key] for key in keys))]
-
-
-def _make(cls: type, params: Mapping[str, Any], seed: int) -> Predictor:
-    accepted = inspect.signature(cls).parameters
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"{cls.name} has no hyper-parameter {', '.join(unknown)}; it takes {', '.join(accepted) or 'none'}"
-        )
-    extra = {"seed": seed} if "seed" in accepted and "seed" not in params else {}
-    return cls(**params, **extra)
-
-
-def _truth(values: Sequence[float], targets: Sequence[Any], what: str) -> np.ndarray:
-    truth = np.asarray(values, dtype=np.float64)
-    if truth.shape != (len(targets),):
-        raise ValueError(f"{what}: {len(truth)} ratings for {len(targets)} targets")
-    if len(truth) == 0:
-        raise ValueError(f"{what}: no targets")
-    if not np.isfinite(truth).all():
-        raise ValueError(f"{what}: ratings must be finite")
-    return truth
-
-
-def run_baselines(
-    train: Sequence[tuple[Hashable, Hashable, float]],
-    valid_targets: Sequence[tuple[Hashable, Hashable]],
-    valid_truth: Sequence[float],
-    test_targets: Sequence[tuple[Hashable, Hashable]],
-    test_truth: Sequence[float],
-    scale_low: float,
-    scale_high: float,
-    grids: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
-    seed: int = 0,
-    select_by: str = "mae",
-) -> list[BaselineResult]:
-    """Tune each method on validation, refit on train + validation, score on test (module docstring).
-
-    train: (user, item, rating) rows before the validation interactions. valid/test targets:
-    (user, item) pairs with their true ratings in the same order. grids: method name (a key of
-    `PREDICTORS`) -> {hyper-parameter: candidate values}; the methods named are run in that order
-    ({} runs a method with its defaults); None runs `DEFAULT_GRIDS`. A method whose dense data
-    would not fit (`TooLargeError`) is skipped with a warning. `seed` goes to seeded methods.
-    """
-    if not scale_low < scale_high:
-        raise ValueError(f"need scale_low < scale_high, got {scale_low}, {scale_high}")
-    if select_by not in ("mae", "rmse"):
-        raise ValueError(f"select_by must be 'mae' or 'rmse', got {select_by!r}")
-    grids = DEFAULT_GRIDS if grids is None else grids
-    unknown = sorted(set(grids) - set(PREDICTORS))
-    if unknown:
-        raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(PREDICTORS)}")
-    valid_y = _truth(valid_truth, valid_targets, "validation")
-    n_test = len(_truth(test_truth, test_targets, "test"))  # shape check only; values are read after selection
-    fit_train, (valid_codes,), _, _ = encode(train, [valid_targets])
-    full_rows = [*train, *((u, i, r) for (u, i), r in zip(valid_targets, valid_y))]
-    fit_full, (test_codes,), _, _ = encode(full_rows, [test_targets])
-    pick = 0 if select_by == "mae" else 1
-
-    results = []
-    for name, grid in grids.items():
-        cls, candidates = PREDICTORS[name], _candidates(grid)
-        start = time.perf_counter()
-        best: tuple[float, dict[str, Any], np.ndarray] | None = None
-        try:
-            for params in candidates:
-                model = _make(cls, params, seed).fit(fit_train)
-                pred = np.clip(model.predict(*valid_codes), scale_low, scale_high)  # [n_valid]
-                score = _errors(pred, valid_y)[pick]
-                if best is None or score < best[0]:
-                    best = (score, params, pred)
-            search_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            final = _make(cls, best[1], seed).fit(fit_full)
-            test_pred = np.clip(final.predict(*test_codes), scale_low, scale_high)  # [n_test]
-            fit_seconds = time.perf_counter() - start
-        except TooLargeError as err:
-            warnings.warn(f"skipping {name}: {err}", stacklevel=2)
-            continue
-        test_y = np.asarray(test_truth, dtype=np.float64)  # first read of the test ratings
-        valid_mae, valid_rmse = _errors(best[2], valid_y)
-        test_mae, test_rmse = _errors(test_pred, test_y)
-        results.append(
-            BaselineResult(
-                name=name,
-                params=dict(best[1]),
-                valid_mae=valid_mae,
-                valid_rmse=valid_rmse,
-                test_mae=test_mae,
-                test_rmse=test_rmse,
-                n_valid=len(valid_y),
-                n_test=n_test,
-                fit_seconds=fit_seconds,
-                search_seconds=search_seconds,
-                n_candidates=len(candidates),
-                valid_pred=best[2],
-                test_pred=test_pred,
-            )
-        )
-    return results
-
-
-def format_table(results: Sequence[BaselineResult]) -> str:
-    """A markdown table: one row per method with its chosen hyper-parameters and scores."""
-    lines = [
-        "| method | chosen hyper-parameters | valid MAE | valid RMSE | test MAE | test RMSE | n valid | n test | search s | fit s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for res in results:
-        params = ", ".join(
-            f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in res.params.items()
-        )
-        lines.append(
-            f"| {res.name} | {params or '-'} | {res.valid_mae:.4f} | {res.valid_rmse:.4f} | {res.test_mae:.4f} | "
-            f"{res.test_rmse:.4f} | {res.n_valid} | {res.n_test} | {res.search_seconds:.1f} | {res.fit_seconds:.1f} |"
-        )
-    return "\n".join(lines)
