@@ -310,7 +310,7 @@ def test_coldstart_on_the_tiny_model_writes_stats_and_resumes(tmp_path, cache, t
 
 
 def test_coldstart_cli_reads_the_sft_config(tmp_path):
-    from reczero.cli import parse_with_config
+    from reczero.data.arguments import parse_with_config
 
     cfg = parse_with_config(coldstart.build_parser(), ["--config", "configs/sft.yaml"], coldstart.CONFIG_SECTIONS)
     assert cfg.output == "checkpoints/traces-synthetic.jsonl" and cfg.policy.model == "bundled:smollm2-135m-instruct"

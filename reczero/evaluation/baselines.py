@@ -247,7 +247,7 @@ def split_description(dm, split: dict) -> str:
 def baselines_main(args: list[str]) -> dict:
     from jsonargparse import ArgumentParser
 
-    from reczero.cli import add_data_arguments, parse_with_config
+    from reczero.data.arguments import add_data_arguments, parse_with_config
 
     parser = ArgumentParser(prog="reczero baselines", description="Classical rating predictors on the same split.")
     add_data_arguments(parser)

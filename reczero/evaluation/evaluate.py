@@ -284,7 +284,7 @@ def decode_config(cfg, reward) -> DecodeConfig:
 def build_parser():
     from jsonargparse import ArgumentParser
 
-    from reczero.cli import add_data_arguments
+    from reczero.data.arguments import add_data_arguments
 
     parser = ArgumentParser(prog="reczero evaluate", description="Score a policy on a split (MAE, RMSE, parse rate).")
     add_data_arguments(parser)
@@ -298,7 +298,7 @@ def build_parser():
 
 
 def main(args: list[str]) -> dict:
-    from reczero.cli import parse_with_config
+    from reczero.data.arguments import parse_with_config
 
     parser = build_parser()
     cfg = parse_with_config(parser, args, CONFIG_SECTIONS)

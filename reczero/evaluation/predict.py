@@ -366,7 +366,7 @@ def predict_stream(model, tokenizer, dm, requests: list[Request], decode, batch_
 def main(args: list[str]) -> int:
     from jsonargparse import ArgumentParser
 
-    from reczero.cli import add_data_arguments, parse_with_config
+    from reczero.data.arguments import add_data_arguments, parse_with_config
     from reczero.evaluation.evaluate import CONFIG_SECTIONS, add_model_arguments, decode_config
     from reczero.policy.loading import load_model
 

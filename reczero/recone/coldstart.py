@@ -278,7 +278,7 @@ CONFIG_SECTIONS = (("data", "data"), ("model.init_args.policy", "policy"), ("mod
 def build_parser():
     from jsonargparse import ArgumentParser
 
-    from reczero.cli import add_data_arguments
+    from reczero.data.arguments import add_data_arguments
     from reczero.policy.factory import PolicyConfig
 
     parser = ArgumentParser(prog="reczero coldstart", description="Build SFT reasoning traces with a teacher model.")
@@ -312,7 +312,7 @@ def build_parser():
 
 
 def main(args: list[str]) -> dict | None:
-    from reczero.cli import parse_with_config
+    from reczero.data.arguments import parse_with_config
     from reczero.policy.loading import load_model
 
     parser = build_parser()
