@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from reczero.data.arguments import add_data_arguments, parse_with_config
+from reczero.data.samples import assign_splits
 from reczero.evaluation.predictors import PREDICTORS, Predictor, TooLargeError, encode
 
 __all__ = ["DEFAULT_GRIDS", "BaselineResult", "format_table", "run_baselines"]
@@ -212,8 +214,6 @@ def baseline_split(dm) -> dict:
     validation / test samples (after min_history and any max_samples cap): their (user, item) pairs,
     true ratings and sample keys. `run_baselines` refits on train + the validation targets for test.
     """
-    from reczero.data.samples import assign_splits
-
     dm.setup()
     rows = dm.data.interactions
     splits = assign_splits(dm.data, dm.sample_config)
@@ -246,8 +246,6 @@ def split_description(dm, split: dict) -> str:
 
 def baselines_main(args: list[str]) -> dict:
     from jsonargparse import ArgumentParser
-
-    from reczero.data.arguments import add_data_arguments, parse_with_config
 
     parser = ArgumentParser(prog="reczero baselines", description="Classical rating predictors on the same split.")
     add_data_arguments(parser)

@@ -27,8 +27,12 @@ from pathlib import Path
 import torch
 
 from reczero import metrics
+from reczero.data.arguments import add_data_arguments, parse_with_config
+from reczero.data.batching import PromptCollator
 from reczero.evaluation.decoding import MODES, DecodeConfig, decode_batch, output_fields, rating_candidates
+from reczero.policy.factory import PolicyConfig
 from reczero.policy.loading import load_model
+from reczero.rewards import RewardSpec
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +112,6 @@ def evaluate(
 ) -> EvalResult:
     """Decode a rating for the first `limit` samples of `split` (all when None), in batches of similar length."""
     from tqdm.auto import tqdm
-
-    from reczero.data.batching import PromptCollator
 
     cfg = cfg or DecodeConfig()
     dm.set_tokenizer(tokenizer)
@@ -249,9 +251,6 @@ CONFIG_SECTIONS = (
 
 def add_model_arguments(parser) -> None:
     """--policy.*, --reward.*, --adapter/--ckpt and the decoding options (shared with `reczero predict`)."""
-    from reczero.policy.factory import PolicyConfig
-    from reczero.rewards import RewardSpec
-
     parser.add_class_arguments(PolicyConfig, "policy")
     parser.add_class_arguments(RewardSpec, "reward")
     parser.add_argument("--adapter", type=str, default=None, help="a saved peft adapter folder")
@@ -284,8 +283,6 @@ def decode_config(cfg, reward) -> DecodeConfig:
 def build_parser():
     from jsonargparse import ArgumentParser
 
-    from reczero.data.arguments import add_data_arguments
-
     parser = ArgumentParser(prog="reczero evaluate", description="Score a policy on a split (MAE, RMSE, parse rate).")
     add_data_arguments(parser)
     add_model_arguments(parser)
@@ -298,8 +295,6 @@ def build_parser():
 
 
 def main(args: list[str]) -> dict:
-    from reczero.data.arguments import parse_with_config
-
     parser = build_parser()
     cfg = parse_with_config(parser, args, CONFIG_SECTIONS)
     if cfg.limit is not None and cfg.limit < 1:

@@ -33,6 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from reczero import prompts
+from reczero.data.arguments import add_data_arguments, parse_with_config
 from reczero.data.render import item_details
 from reczero.data.schema import DataFormatError, InteractionData, Item, RatingScale
 
@@ -366,7 +367,6 @@ def predict_stream(model, tokenizer, dm, requests: list[Request], decode, batch_
 def main(args: list[str]) -> int:
     from jsonargparse import ArgumentParser
 
-    from reczero.data.arguments import add_data_arguments, parse_with_config
     from reczero.evaluation.evaluate import CONFIG_SECTIONS, add_model_arguments, decode_config
     from reczero.policy.loading import load_model
 

@@ -38,6 +38,7 @@ from functools import partial
 from pathlib import Path
 
 from reczero import rewards
+from reczero.data.arguments import add_data_arguments, parse_with_config
 from reczero.data.render import prompt_input
 from reczero.prompts import STEP_TAGS, answer_format, example_answer, format_rating
 from reczero.recone.teacher import TEACHER_NAME, template_trace
@@ -278,7 +279,6 @@ CONFIG_SECTIONS = (("data", "data"), ("model.init_args.policy", "policy"), ("mod
 def build_parser():
     from jsonargparse import ArgumentParser
 
-    from reczero.data.arguments import add_data_arguments
     from reczero.policy.factory import PolicyConfig
 
     parser = ArgumentParser(prog="reczero coldstart", description="Build SFT reasoning traces with a teacher model.")
@@ -312,7 +312,6 @@ def build_parser():
 
 
 def main(args: list[str]) -> dict | None:
-    from reczero.data.arguments import parse_with_config
     from reczero.policy.loading import load_model
 
     parser = build_parser()
