@@ -1,9 +1,9 @@
 """Sampling with the LoRA folded into the base weights: `merged_lora`, used by every generation path.
 
-The rollout (`record.build_rollout`), validation (`PolicyModule`) and evaluation (`decoding`) sample
-inside `merged_lora(model, mode)`: the active LoRA is added into each base weight, the adapters are
-switched off, and the exact original weights are copied back on exit. `MERGE_MODES` are the choices
-of `RolloutConfig.merge_lora`.
+The rollout (`record.build_rollout`), validation (`PolicyModule`) and evaluation
+(`evaluation.decoding`) sample inside `merged_lora(model, mode)`: the active LoRA is added into each
+base weight, the adapters are switched off, and the exact original weights are copied back on exit.
+`MERGE_MODES` are the choices of `RolloutConfig.merge_lora`.
 """
 
 from __future__ import annotations
