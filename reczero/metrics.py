@@ -139,3 +139,41 @@ def bucket_label(value: float, edges: Sequence[float]) -> str:
         if low <= value < high:
             return f"{low:g}-{high:g}"
     return f">={edges[-1]:g}"
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """MAE(a) - MAE(b) on the same samples, with a paired bootstrap interval (negative: a is better)."""
+
+    diff: float
+    low: float
+    high: float
+    count: int
+    level: float = 0.95
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+def paired_bootstrap(
+    errors_a: Sequence[float], errors_b: Sequence[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> PairedDifference:
+    """Mean of `errors_a - errors_b` (absolute errors of two methods on the same samples, same order) and
+    its percentile bootstrap interval: samples are redrawn with replacement as pairs, `n_boot` times."""
+    import numpy as np
+
+    a, b = np.asarray(errors_a, dtype=np.float64), np.asarray(errors_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"need two equal-length, non-empty error lists, got {a.shape} and {b.shape}")
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got {level}, {n_boot}")
+    d = a - b  # [n]
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for start in range(0, n_boot, 256):  # [chunk, n] index draws, a chunk at a time to bound memory
+        idx = rng.integers(0, len(d), size=(min(256, n_boot - start), len(d)))
+        means[start : start + len(idx)] = d[idx].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return PairedDifference(float(d.mean()), float(low), float(high), len(d), level)

@@ -12,6 +12,9 @@ until the rendered chat fits `max_prompt_tokens`; it reports whether it had to s
 
 from __future__ import annotations
 
+import hashlib
+import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -51,6 +54,7 @@ class PromptInput:
     user_count: int = 0
     item_avg: float | None = None
     item_count: int = 0
+    key: str = ""  # the sample's identity ("user|item|timestamp"): seeds its one-shot example
 
 
 def format_rating(value: float, scale: RatingScale) -> str:
@@ -96,29 +100,166 @@ def _average(avg: float | None, count: int) -> str:
 def answer_format(scale: RatingScale) -> str:
     """The four tagged steps the model must write, as shown in the prompt."""
     rows = [f"<{tag}>{hint}</{tag}>" for tag, hint in zip(STEP_TAGS, _STEP_HINTS)]
-    rows.append(f"<rate>only the predicted rating, a number from {_num(scale.low)} to {_num(scale.high)}</rate>")
+    rows.append(f"<rate>{_rate_hint(scale)}</rate>")
     return "\n".join(rows)
 
 
-def example_answer(scale: RatingScale) -> str:
-    """A one-shot worked answer (about another user and item) for small models that cannot follow the
-    skeleton alone; its rating sits at three quarters of the scale (4 on 1-5), near where most
-    ratings fall, so a copied number is a plausible guess rather than an outlier."""
-    rating = format_rating(round(scale.low + 0.75 * scale.span), scale)
-    return "\n".join(
-        (
-            "Example of a complete answer, about a different user and item:",
-            "<analyze user>Enjoys light comedies and animation; rates horror low.</analyze user>",
-            "<analyze item>A warm animated comedy; reviewers praise its humour, a few find it slight.</analyze item>",
-            "<match>Comedy and animation are this user's favourite genres, so it fits well.</match>",
-            f"<rate>{rating}</rate>",
-        )
+def _rate_hint(scale: RatingScale) -> str:
+    return f"only the predicted rating, a number from {_num(scale.low)} to {_num(scale.high)}"
+
+
+# -- the rule-based rationale: what the template teacher writes and the one-shot example shows ---------
+def _genres(details: str | None) -> list[str]:
+    return [g.strip() for g in (details or "").split(",") if g.strip()]
+
+
+def genre_deviation(inp: PromptInput) -> dict[str, float]:
+    """Genre -> the user's mean rating of it minus their mean over the shown history."""
+    if not inp.user_history:
+        return {}
+    mean = sum(line.rating for line in inp.user_history) / len(inp.user_history)
+    by_genre: dict[str, list[float]] = {}
+    for line in inp.user_history:
+        for genre in _genres(line.details):
+            by_genre.setdefault(genre, []).append(line.rating)
+    return {g: sum(r) / len(r) - mean for g, r in by_genre.items()}
+
+
+def item_genres(inp: PromptInput) -> list[str]:
+    return next((_genres(value) for key, value in inp.item_details if key in ("Genres", "Categories")), [])
+
+
+def _names(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def round_to_scale(value: float, scale: RatingScale) -> float:
+    """The nearest value on the scale's grid, halves rounded up (4.5 -> 5 on 1-5), clipped."""
+    steps = math.floor((value - scale.low) / scale.step + 0.5 + 1e-9)
+    return scale.clip(round(scale.low + steps * scale.step, 6))
+
+
+GENRE_DEVIATION = 0.5  # a genre counts as liked / disliked this far above / below the user's shown mean
+
+
+def rationale(inp: PromptInput, typical: float) -> tuple[str, float]:
+    """(a four-step answer, its rating) reasoned from `inp`'s own facts with one-decimal arithmetic.
+
+    The rule: the item's average from other users, shifted by how far the user's average lies from
+    a `typical` rating (the training data's mean): ``rating = item avg + (user avg - typical)``,
+    each rounded to one decimal, then to the scale. A user or item without earlier ratings counts as
+    typical. Genres the user rates well above or below their mean are named, and the match says
+    whether the item's genres are among them. Small models copy numbers well and add badly, so
+    every step writes the numbers it uses and the sum it makes.
+    """
+    scale = inp.scale
+    anchor = round(typical, 1)
+    dev = genre_deviation(inp)
+    liked = sorted((g for g, d in dev.items() if d >= GENRE_DEVIATION), key=lambda g: -dev[g])[:2]
+    disliked = sorted((g for g, d in dev.items() if d <= -GENRE_DEVIATION), key=lambda g: dev[g])[:2]
+    if inp.user_avg is None or not inp.user_count:
+        offset, user = 0.0, "No earlier ratings, so treat them as a typical rater."
+    else:
+        offset = round(round(inp.user_avg, 1) - anchor, 1)
+        user = f"Rates {inp.user_avg:.1f} on average over {inp.user_count} rating{'s' if inp.user_count != 1 else ''}"
+        side = "above" if offset > 0 else "below"
+        user += f", {abs(offset):.1f} {side} a typical {anchor:.1f}." if offset else ", a typical rater."
+        if liked:
+            user += f" Likes {_names(liked)}."
+        if disliked:
+            user += f" Dislikes {_names(disliked)}."
+    genres = item_genres(inp)
+    item = f'"{inp.item_title}": {_names(genres)}.' if genres else f'"{inp.item_title}".'
+    if inp.item_avg is None or not inp.item_count:
+        base = anchor
+        item += f" No ratings yet, so assume a typical {anchor:.1f}."
+    else:
+        base = round(inp.item_avg, 1)
+        item += f" Other users rate it {inp.item_avg:.1f} on average over {inp.item_count} rating"
+        item += "s." if inp.item_count != 1 else "."
+    total = round(base + offset, 1)
+    match = f"{base:.1f} {'-' if offset < 0 else '+'} {abs(offset):.1f} = {total:.1f}."
+    fits, clashes = [g for g in genres if g in liked], [g for g in genres if g in disliked]
+    if fits:
+        match += f" {_names(fits)} suits this user."
+    if clashes:
+        match += f" {_names(clashes)} does not suit this user."
+    rating = round_to_scale(total, scale)
+    return format_completion(user, item, match, rating, scale), rating
+
+
+_EXAMPLE_WORDS = (
+    ("Silver", "Quiet", "Last", "Hidden", "Northern", "Paper", "Broken", "Golden", "Winter", "Distant"),
+    ("Harbor", "Orchard", "Signal", "Garden", "Letters", "Voyage", "Kingdom", "Bridge", "Season", "Echo"),
+)
+_EXAMPLE_GENRES = ("Comedy", "Drama", "Horror", "Romance", "Thriller", "Animation", "Documentary", "Western")
+
+
+def example_input(
+    key: str, scale: RatingScale, typical: float, genres: tuple[str, ...] = (), unlike: PromptInput | None = None
+) -> PromptInput:
+    """A made-up user and item, seeded by `key`: the facts the one-shot example reasons about.
+
+    Nothing in it comes from the data but the genre names (`genres`, else a fixed list), so the example
+    leaks nothing, and it differs from prompt to prompt, so a copy of it is never a fit answer. With
+    `unlike` (the prompt's own input) the example's averages differ from the prompt's by at least a
+    tenth of the scale and its item genre is not one of the prompt item's: an answer that states this
+    prompt's facts in the example's words is then never mistaken for a copy (`reasoning.is_copy`).
+    """
+    rng = random.Random(hashlib.sha256(key.encode()).digest())
+    names = list(genres) if len(genres) >= 3 else list(_EXAMPLE_GENRES)
+    spread, gap = scale.span / 5, scale.span / 10
+
+    def average(avoid: float | None) -> float:
+        for _ in range(100):
+            value = scale.clip(typical + rng.uniform(-2, 2) * spread)
+            if avoid is None or abs(round(value, 1) - round(avoid, 1)) >= gap:
+                return value
+        return scale.clip(avoid + (gap if avoid < typical else -gap) * 2)
+
+    def rating(center: float) -> float:
+        return round_to_scale(center + rng.uniform(-spread, spread), scale)
+
+    taken = {g.lower() for g in item_genres(unlike)} if unlike is not None else set()
+    favourite, disliked, other = rng.sample(names, 3)
+    history = [HistoryLine("", rating(scale.high - spread), details=favourite) for _ in range(2)]
+    history += [HistoryLine("", rating(scale.low + 1.5 * spread), details=disliked) for _ in range(2)]
+    history += [HistoryLine("", rating(typical), details=other) for _ in range(2)]
+    title = f"The {rng.choice(_EXAMPLE_WORDS[0])} {rng.choice(_EXAMPLE_WORDS[1])}"
+    choices = [g for g in (favourite, disliked, other) if g.lower() not in taken] or [favourite]
+    return PromptInput(
+        scale=scale,
+        item_title=title,
+        user_history=history,
+        item_details=[("Genres", rng.choice(choices))],
+        user_avg=average(unlike.user_avg if unlike is not None and unlike.user_count else None),
+        user_count=rng.randint(6, 300),
+        item_avg=average(unlike.item_avg if unlike is not None and unlike.item_count else None),
+        item_count=rng.randint(3, 400),
     )
 
 
-def user_message(inp: PromptInput, review_chars: int = 200, example: bool = False) -> str:
+def example_answer(
+    key: str, scale: RatingScale, typical: float, genres: tuple[str, ...] = (), unlike: PromptInput | None = None
+) -> str:
+    """The one-shot worked answer shown after the skeleton: `rationale` of `example_input(key, ...)`."""
+    return rationale(example_input(key, scale, typical, genres, unlike), typical)[0]
+
+
+def copy_sources(scale: RatingScale, example: str | None = None) -> tuple[str, ...]:
+    """The texts an answer's reasoning must not copy: the skeleton's hints and the example's reasoning blocks."""
+    sources = [*_STEP_HINTS, _rate_hint(scale)]
+    if example:
+        for tag in STEP_TAGS[:-1]:
+            start, end = example.find(f"<{tag}>"), example.find(f"</{tag}>")
+            if 0 <= start < end:
+                sources.append(example[start + len(tag) + 2 : end])
+    return tuple(sources)
+
+
+def user_message(inp: PromptInput, review_chars: int = 200, example: str | None = None) -> str:
     """The user turn: history, target item, then the instruction with the answer skeleton
-    (and, with `example`, a worked answer about another user and item)."""
+    (and, with `example`, that worked answer about another user and item)."""
     scale = inp.scale
     parts = [
         f"Predict how this user will rate the target item on a scale from {_num(scale.low)} to {_num(scale.high)}."
@@ -138,12 +279,12 @@ def user_message(inp: PromptInput, review_chars: int = 200, example: bool = Fals
     parts.append("\nThink before you rate. Answer in exactly four tagged steps, in this order, then stop:")
     parts.append(answer_format(scale))
     if example:
-        parts.append("\n" + example_answer(scale))
+        parts.append("\nExample of a complete answer, about a different user and item:\n" + example)
     return "\n".join(parts)
 
 
 def build_messages(
-    inp: PromptInput, review_chars: int = 200, system_prompt: str | None = SYSTEM_PROMPT, example: bool = False
+    inp: PromptInput, review_chars: int = 200, system_prompt: str | None = SYSTEM_PROMPT, example: str | None = None
 ) -> list[dict]:
     """Chat messages for `tokenizer.apply_chat_template` (system first when given)."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []

@@ -24,6 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from reczero.reasoning import COPY_THRESHOLD, Grounding, PromptFacts, find_copy, grounding
 from reczero.scale import RatingScale
 
 FOUR_STEP_TAGS: tuple[str, ...] = ("analyze user", "analyze item", "match", "rate")
@@ -140,6 +141,7 @@ class FormatCheck:
     tags_found: int
     rating: float | None
     tags_total: int = 8
+    copied: bool = False
 
 
 def _trailing_is_clean(tail: str) -> bool:
@@ -150,8 +152,29 @@ def _trailing_is_clean(tail: str) -> bool:
     return not tail.strip()
 
 
+def reasoning_blocks(text: str, template: str = "four_step") -> list[str | None]:
+    """The content of the last block of each reasoning tag of `template` (None where absent)."""
+    return [_last_block(text, tag) for tag in get_template(template).tags[:-1]]
+
+
+def answer_grounding(text: str, facts: PromptFacts, template: str = "four_step") -> Grounding:
+    """`reasoning.grounding` of an answer: its user and item analyses (a template with one reasoning
+    block, e.g. `<think>`, has that block judged for both; one without reasoning is never grounded)."""
+    blocks = reasoning_blocks(text, template)
+    if not blocks:
+        return Grounding(False, False)
+    user, item = (blocks[0], blocks[1]) if len(blocks) >= 2 else (blocks[0], blocks[0])
+    return grounding(user, item, facts)
+
+
 def check_format(
-    text: str, scale: RatingScale, template: str = "four_step", allow_trailing_text: bool = False
+    text: str,
+    scale: RatingScale,
+    template: str = "four_step",
+    allow_trailing_text: bool = False,
+    copy_sources: Sequence[str] = (),
+    copy_threshold: float = COPY_THRESHOLD,
+    reject_copies: bool = True,
 ) -> FormatCheck:
     """Check a completion against the template's format rule (method.md), first failure wins.
 
@@ -163,6 +186,9 @@ def check_format(
     2. ``out_of_order``: the tags must read open1 < close1 < open2 < close2 < ..., which also rules
        out nested and overlapping blocks;
     3. ``empty_block:<name>``: every block but the rating block holds some non-whitespace text;
+       ``copied_block:<name>``: and none repeats a text of `copy_sources` (the prompt's skeleton hints
+       and one-shot example), exactly, with other case or spacing, or nearly (`reasoning.is_copy`;
+       with `reject_copies` False a copy is only reported in `FormatCheck.copied`);
     4. ``unparsable_rating``: the rating block's content is one number (`parse_number`);
     5. ``rating_out_of_scale``: that number lies in ``[scale.low, scale.high]`` (continuous values allowed);
     6. ``trailing_text``: after the last close tag only whitespace and `EOS_MARKERS` may follow,
@@ -177,12 +203,14 @@ def check_format(
     if not isinstance(text, str):
         return FormatCheck(False, "not_text", 0, None, total)
     rating = parse_rating(text, spec.rating_tag)
+    blocks = [b for b in reasoning_blocks(text, template) if b is not None]
+    copied = bool(copy_sources) and find_copy(blocks, copy_sources, copy_threshold) is not None
 
     counts = [(text.count(f"<{tag}>"), text.count(f"</{tag}>")) for tag in spec.tags]
     found = sum((n_open == 1) + (n_close == 1) for n_open, n_close in counts)
 
     def fail(reason: str) -> FormatCheck:
-        return FormatCheck(False, reason, found, rating, total)
+        return FormatCheck(False, reason, found, rating, total, copied)
 
     for tag, (n_open, n_close) in zip(spec.tags, counts):
         if n_open > 1 or n_close > 1:
@@ -202,9 +230,12 @@ def check_format(
         if open_at < previous_close or close_at < open_at:
             return fail("out_of_order")
         previous_close = close_at
-    for tag, (open_at, close_at) in zip(spec.tags[:-1], positions[:-1]):
-        if not text[open_at + len(tag) + 2 : close_at].strip():
+    ordered = [text[open_at + len(tag) + 2 : close_at] for tag, (open_at, close_at) in zip(spec.tags, positions)]
+    for tag, block in zip(spec.tags[:-1], ordered):
+        if not block.strip():
             return fail(f"empty_block:{tag}")
+    if copied and reject_copies:
+        return fail(f"copied_block:{spec.tags[find_copy(ordered[:-1], copy_sources, copy_threshold)]}")
     if rating is None:
         return fail("unparsable_rating")
     if not scale.contains(rating):
@@ -213,7 +244,7 @@ def check_format(
         tail_start = positions[-1][1] + len(spec.rating_tag) + 3
         if not _trailing_is_clean(text[tail_start:]):
             return fail("trailing_text")
-    return FormatCheck(True, "ok", found, rating, total)
+    return FormatCheck(True, "ok", found, rating, total, copied)
 
 
 @dataclass
@@ -236,6 +267,9 @@ class RewardSpec:
     clip_rating_reward: floor the graded term at 0. Off by default, keeping the paper's arithmetic
         (four stars off on 1-5 gives a term of -1 and a total of 0).
     allow_trailing_text: accept text after the last closing tag (see `check_format`).
+    reject_copies: fail the format when a reasoning block copies the prompt's skeleton hints or its
+        one-shot example (the `copy_sources` passed to `score`; `check_format`). False: the paper's rule.
+    copy_threshold: word-sequence similarity from which a block counts as a near-copy (`reasoning.is_copy`).
     """
 
     template: str = "four_step"
@@ -248,9 +282,13 @@ class RewardSpec:
     exact_correct: float = 2.0
     exact_wrong: float = -1.5
     allow_trailing_text: bool = False
+    reject_copies: bool = True
+    copy_threshold: float = COPY_THRESHOLD
 
     def __post_init__(self) -> None:
         get_template(self.template)
+        if not 0.0 < self.copy_threshold <= 1.0:
+            raise ValueError(f"copy_threshold must lie in (0, 1], got {self.copy_threshold}")
         if self.rating_reward not in ("graded", "exact"):
             raise ValueError(f"rating_reward must be 'graded' or 'exact', got {self.rating_reward!r}")
         if isinstance(self.divisor, str):
@@ -334,39 +372,87 @@ class RewardBreakdown:
     format_ok: bool
     parsed: float | None
     reason: str
+    copied: bool = False
+    grounded: Grounding | None = None
+
+    @property
+    def grounded_answer(self) -> bool:
+        """Reasoning about this prompt: not a copy, and both analyses name a fact of it."""
+        return self.grounded is not None and self.grounded.both and not self.copied
 
 
-def score(completion: str, target: float, scale: RatingScale, spec: RewardSpec) -> RewardBreakdown:
+def score(
+    completion: str,
+    target: float,
+    scale: RatingScale,
+    spec: RewardSpec,
+    copy_sources: Sequence[str] = (),
+    facts: PromptFacts | None = None,
+) -> RewardBreakdown:
     """Score one completion against the true rating `target` (which must lie inside `scale`).
 
-    Never raises on the completion text; raises ValueError for a target outside the scale or a
+    `copy_sources`: the texts its reasoning must not copy (`check_format`), e.g. the prompt's skeleton
+    hints and example blocks (`prompts.copy_sources`). `facts`: what the prompt shows, to measure
+    grounding (`answer_grounding`; a measure, never part of the reward). Never raises on the completion text; raises ValueError for a target outside the scale or a
     spec that lets failing completions outscore passing ones on this scale (`validate_for`).
     """
     if not scale.contains(float(target)):
         raise ValueError(f"target rating {target!r} is outside the {scale.name} scale")
     spec.validate_for(scale)
-    return _score(completion, float(target), scale, spec)
+    return _score(completion, float(target), scale, spec, copy_sources, facts)
 
 
-def _score(completion: str, target: float, scale: RatingScale, spec: RewardSpec) -> RewardBreakdown:
-    check = check_format(completion, scale, spec.template, spec.allow_trailing_text)
+def _score(
+    completion: str,
+    target: float,
+    scale: RatingScale,
+    spec: RewardSpec,
+    copy_sources: Sequence[str],
+    facts: PromptFacts | None = None,
+) -> RewardBreakdown:
+    check = check_format(
+        completion,
+        scale,
+        spec.template,
+        spec.allow_trailing_text,
+        copy_sources,
+        spec.copy_threshold,
+        spec.reject_copies,
+    )
+    copied = check.copied
+    grounded = None if facts is None else answer_grounding(completion, facts, spec.template)
     if not check.ok:
         rating_ok = check.rating is not None and scale.contains(check.rating)
         value = spec.failing_reward(check.tags_found, check.tags_total, rating_ok)
-        return RewardBreakdown(value, value, 0.0, False, check.rating, check.reason)
+        return RewardBreakdown(value, value, 0.0, False, check.rating, check.reason, copied, grounded)
     assert check.rating is not None
     term = spec.rating_term(check.rating, target, scale)
-    return RewardBreakdown(spec.format_reward + term, spec.format_reward, term, True, check.rating, "ok")
+    total = spec.format_reward + term
+    return RewardBreakdown(total, spec.format_reward, term, True, check.rating, "ok", copied, grounded)
 
 
 def score_batch(
-    completions: Sequence[str], targets: Sequence[float], scale: RatingScale, spec: RewardSpec
+    completions: Sequence[str],
+    targets: Sequence[float],
+    scale: RatingScale,
+    spec: RewardSpec,
+    copy_sources: Sequence[Sequence[str]] | None = None,
+    facts: Sequence[PromptFacts] | None = None,
 ) -> list[RewardBreakdown]:
-    """`score` for each (completion, target) pair; for GRPO, repeat each target once per sample."""
+    """`score` for each (completion, target) pair; for GRPO, repeat each target once per sample.
+    `copy_sources` / `facts`: one per completion (None: no copy check / no grounding measure)."""
     if len(completions) != len(targets):
         raise ValueError(f"{len(completions)} completions but {len(targets)} targets")
+    for name, per_row in (("copy-source lists", copy_sources), ("facts", facts)):
+        if per_row is not None and len(per_row) != len(completions):
+            raise ValueError(f"{len(completions)} completions but {len(per_row)} {name}")
     spec.validate_for(scale)
     for target in targets:
         if not scale.contains(float(target)):
             raise ValueError(f"target rating {target!r} is outside the {scale.name} scale")
-    return [_score(text, float(target), scale, spec) for text, target in zip(completions, targets)]
+    sources = copy_sources if copy_sources is not None else [()] * len(completions)
+    facts = facts if facts is not None else [None] * len(completions)
+    return [
+        _score(text, float(t), scale, spec, src, fact)
+        for text, t, src, fact in zip(completions, targets, sources, facts)
+    ]

@@ -319,7 +319,8 @@ def test_workers_give_the_same_batches(cache_dir, tiny_tokenizer) -> None:
     serial, parallel = batches(0), batches(2)
     assert len(serial) == len(parallel) > 1
     for a, b in zip(serial, parallel):
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
 
 
 # -- cache ----------------------------------------------------------------------------------------

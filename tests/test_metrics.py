@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from reczero import metrics
 from reczero.metrics import RatingMetrics, bucket_label, mae_by_group, rating_metrics
 from reczero.scale import RatingScale
 
@@ -110,3 +111,25 @@ def test_is_a_dataclass_record():
     m = rating_metrics([4.0], [4.0], [3.0], STARS)
     assert isinstance(m, RatingMetrics)
     assert m.mae == 0.0 and m.rmse == 0.0 and m.exact_rate == 1.0
+
+
+def test_paired_bootstrap_of_a_constant_difference_is_exact():
+    a, b = [1.0, 2.0, 0.0, 3.0], [0.5, 1.5, -0.5, 2.5]  # a - b = 0.5 everywhere: every resample gives 0.5
+    res = metrics.paired_bootstrap(a, b, n_boot=500)
+    assert res.diff == res.low == res.high == 0.5 and res.excludes_zero
+
+
+def test_paired_bootstrap_matches_the_normal_interval_of_a_known_distribution():
+    # d = +-1 with equal counts: mean 0, sd 1, so the 95% interval of the mean is about +-1.96 / sqrt(n)
+    n = 4000
+    a = [1.0 if i % 2 else 0.0 for i in range(n)]
+    b = [0.0 if i % 2 else 1.0 for i in range(n)]
+    res = metrics.paired_bootstrap(a, b, n_boot=2000, seed=1)
+    half = 1.96 / math.sqrt(n)
+    assert res.diff == 0.0 and not res.excludes_zero
+    assert abs(res.high - half) < 0.15 * half and abs(res.low + half) < 0.15 * half
+
+
+def test_paired_bootstrap_refuses_unpaired_input():
+    with pytest.raises(ValueError, match="equal-length"):
+        metrics.paired_bootstrap([1.0, 2.0], [1.0])

@@ -251,16 +251,16 @@ def test_prompts_module_is_pure() -> None:
     assert out.strip() == "[]"
 
 
-def test_example_answer_is_a_passing_answer_on_every_scale():
-    """The one-shot example must itself pass the format check (a small model copies it)."""
+def test_example_answer_is_a_passing_answer_shown_after_the_skeleton():
+    """The one-shot example must itself pass the format check, and the prompt shows it as given."""
     from reczero import rewards
     from reczero.scale import SCALES
 
-    for name, expected in (("1-5", 4.0), ("0.5-5", 4.0), ("1-10", 8.0)):
+    for name in ("1-5", "0.5-5", "1-10"):
         scale = SCALES[name]
-        example = prompts.example_answer(scale).split("\n", 1)[1]
+        example = prompts.example_answer("u|i|1", scale, scale.low + 0.6 * scale.span)
         assert rewards.check_format(example, scale).ok
-        assert rewards.parse_rating(example) == expected
         inp = prompts.PromptInput(scale=scale, item_title="X")
-        assert example in prompts.user_message(inp, example=True)
+        shown = prompts.user_message(inp, example=example)
+        assert shown.endswith("about a different user and item:\n" + example)
         assert example not in prompts.user_message(inp)

@@ -14,7 +14,9 @@ import pytest
 import torch
 from tiny import make_tiny_llama, perturb_lora
 
+from reczero import rewards
 from reczero.data.datamodule import RatingDataModule
+from reczero.data.render import prompt_input
 from reczero.data.samples import SampleConfig
 from reczero.data.schema import SCALES
 from reczero.data.sources import SourceConfig
@@ -22,7 +24,7 @@ from reczero.modules.grpo_module import GRPOModule
 from reczero.modules.sft_module import SFTModule, completion_loss, policy_completion_loss
 from reczero.policy.adapters import reference_mode, save_adapter, save_stacked_adapter
 from reczero.policy.factory import PolicyConfig, build_policy
-from reczero.prompts import example_answer, format_completion
+from reczero.prompts import copy_sources, example_answer, format_completion
 from reczero.recone import coldstart
 from reczero.recone.traces import leaks_hint
 
@@ -264,20 +266,22 @@ def test_keep_and_drop_decisions():
 
 
 def test_copies_of_the_one_shot_example_are_rejected():
-    example = example_answer(SCALE)
-    copied = example.split("Example of a complete answer, about a different user and item:\n")[1]
-    assert coldstart.copies_example(copied, example) and not coldstart.copies_example(copied, None)
-    assert coldstart.judge_direct(copied, 4, SCALE, 0.5, example).reason == "copied_example"
-    assert coldstart.judge_direct(copied, 4, SCALE, 0.5).keep  # no example in the prompt: a fine answer
+    example = example_answer("u|i|1", SCALE, 3.5)
+    sources = copy_sources(SCALE, example)
+    rating = rewards.parse_rating(example)
+    assert coldstart.judge_direct(example, rating, SCALE, 0.5, sources).reason == "copied_example:analyze user"
+    assert coldstart.judge_direct(example, rating, SCALE, 0.5).keep  # no example in the prompt: a fine answer
     own = format_completion("Likes dramas.", "A drama.", "Fits.", 4, SCALE)
-    assert coldstart.judge_hinted(own, 4, SCALE, example).keep
+    assert coldstart.judge_hinted(own, 4, SCALE, sources).keep
 
 
 @pytest.mark.parametrize("with_example", [False, True])
 def test_hint_goes_inside_the_user_turn(cache, tiny_tokenizer, with_example):
     dm = make_dm(cache, tiny_tokenizer, answer_example=with_example)
     prompt = dm.dataset("train").prompt_text(0)
-    hinted = coldstart.add_hint(prompt, 4.0, SCALE)
+    example = dm.renderer.example_for(prompt_input(dm.data, dm.table, dm.positions("train")[0]))
+    assert (example is not None) == with_example and (not example or example in prompt)
+    hinted = coldstart.add_hint(prompt, 4.0, SCALE, example)
     hint = coldstart.hint_sentence(4.0, SCALE)
     assert hint == (
         "The user's actual rating was 4. Explain the reasoning that leads to it without mentioning the rating itself."

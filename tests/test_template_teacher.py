@@ -9,9 +9,9 @@ import pytest
 
 from reczero import rewards
 from reczero.data.schema import SCALES
-from reczero.prompts import HistoryLine, PromptInput, example_answer
+from reczero.prompts import HistoryLine, PromptInput, copy_sources, example_answer, genre_deviation
 from reczero.recone import coldstart
-from reczero.recone.teacher import genre_deviation, template_trace
+from reczero.recone.teacher import template_trace
 
 SCALE = SCALES["1-5"]
 
@@ -45,24 +45,26 @@ def test_genre_deviation_is_relative_to_the_shown_history():
 @pytest.mark.parametrize(
     ("overrides", "rating", "words"),
     [
-        ({}, 4.0, ["Comedy", "rates highly", "3.5 on average over 10", "3.0 on average over 2"]),  # 3.25 + 0.75
-        ({"item_details": [("Genres", "Horror")]}, 2.0, ["Horror", "rates low"]),  # 3.25 - 1.25
-        ({"item_details": []}, 3.0, ["genre is not given", "Nothing in the history"]),  # 3.25
-        ({"item_avg": None, "item_count": 0, "item_history": []}, 4.0, ["Nobody has rated it"]),  # 3.5 + 0.75
-        ({"user_history": [], "user_avg": None, "user_count": 0}, 3.0, ["No earlier ratings"]),  # item avg only
+        # item 3.0 + (user 3.5 - typical 3.5) = 3.0; Comedy is liked, Romance not seen
+        ({}, 3.0, ["Likes Comedy and Animation", "Dislikes Horror", "3.0 + 0.0 = 3.0", "Comedy suits", '"T"']),
+        ({"user_avg": 4.26}, 4.0, ["0.8 above a typical 3.5", "3.0 + 0.8 = 3.8"]),  # 4.3 - 3.5 = 0.8
+        ({"user_avg": 2.04, "item_details": [("Genres", "Horror")]}, 2.0, ["3.0 - 1.5 = 1.5", "Horror does not suit"]),
+        ({"item_avg": None, "item_count": 0, "item_history": []}, 4.0, ["No ratings yet", "3.5 + 0.0 = 3.5"]),
+        ({"user_history": [], "user_avg": None, "user_count": 0}, 3.0, ["No earlier ratings", "typical rater"]),
     ],
 )
 def test_trace_passes_the_format_check_and_reasons_to_its_rating(overrides, rating, words):
-    text, got = template_trace(make_input(**overrides))
-    check = rewards.check_format(text, SCALE)
+    text, got = template_trace(make_input(**overrides), 3.5)
+    example = example_answer("k", SCALE, 3.5, ("Comedy", "Drama", "Horror"))
+    check = rewards.check_format(text, SCALE, copy_sources=copy_sources(SCALE, example))
     assert check.ok and check.rating == got == rating
     assert all(w in text for w in words), text
-    assert not coldstart.copies_example(text, example_answer(SCALE))
 
 
 def test_half_star_scale_rounds_to_its_step():
-    text, got = template_trace(make_input(scale=SCALES["0.5-5"], user_avg=3.3, item_avg=3.0, item_details=[]))
-    assert got == 3.0 and rewards.check_format(text, SCALES["0.5-5"]).rating == 3.0  # 3.15 -> 3.0 on half stars
+    inp = make_input(scale=SCALES["0.5-5"], user_avg=3.3, item_avg=3.0, item_details=[])
+    text, got = template_trace(inp, 3.5)  # 3.0 + (3.3 - 3.5) = 2.8 -> 3.0 on half stars
+    assert got == 3.0 and rewards.check_format(text, SCALES["0.5-5"]).rating == 3.0
 
 
 def test_coldstart_cli_with_the_template_teacher_keeps_only_right_ratings(tmp_path):

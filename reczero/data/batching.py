@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from reczero import prompts, reasoning
 from reczero.data.render import PromptRenderer, prompt_input
 from reczero.data.samples import SampleTable
 from reczero.data.schema import InteractionData
@@ -45,7 +46,8 @@ class PromptDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         pos = self.positions[index]
-        fitted = self.renderer.render(prompt_input(self.data, self.table, pos))
+        inp = prompt_input(self.data, self.table, pos)
+        fitted = self.renderer.render(inp)
         ids = self.renderer.tokenizer(fitted.text, add_special_tokens=False)["input_ids"]
         return {
             "sample_id": pos,
@@ -53,11 +55,14 @@ class PromptDataset(Dataset):
             "target": self.data.interactions[self.table.target[pos]].rating,
             "fallback": fallback_rating(self.table, pos, self.data),
             "history_len": len(self.table.user_history[pos]) + len(self.table.item_history[pos]),
+            "copy_sources": prompts.copy_sources(inp.scale, self.renderer.example_for(inp)),
+            "facts": reasoning.prompt_facts(inp),
         }
 
 
 class PromptCollator:
-    """Left-pads prompts (generation appends on the right)."""
+    """Left-pads prompts (generation appends on the right). The texts each answer must not copy
+    (`copy_sources`) and the facts it may name (`facts`) ride along as lists, one per prompt."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -77,6 +82,8 @@ class PromptCollator:
             "fallback": torch.tensor([f["fallback"] for f in features], dtype=torch.float32),
             "sample_id": torch.tensor([f["sample_id"] for f in features], dtype=torch.long),
             "history_len": torch.tensor([f["history_len"] for f in features], dtype=torch.long),
+            "copy_sources": [f.get("copy_sources", ()) for f in features],
+            "facts": [f.get("facts", reasoning.PromptFacts()) for f in features],
         }
 
 

@@ -149,8 +149,34 @@ class RatingDataModule(L.LightningDataModule):
                 self.system_prompt,
                 self.response_prefix,
                 self.answer_example,
+                self.typical_rating,
+                self.example_genres,
             )
         return self._renderer
+
+    @functools.cached_property
+    def typical_rating(self) -> float:
+        """The mean rating of the train split's targets: the rule-based rationale's anchor (`prompts.rationale`)."""
+        if self.table is None:
+            self.setup()
+        rows, ratings = self.data.interactions, []
+        for pos, split in enumerate(self.table.split):
+            if split == "train":
+                ratings.append(rows[self.table.target[pos]].rating)
+        if not ratings:
+            raise ValueError(f"no train samples in {self.data.name} to take a typical rating from")
+        return sum(ratings) / len(ratings)
+
+    @functools.cached_property
+    def example_genres(self) -> tuple[str, ...]:
+        """The data's most common item genres / categories: what the one-shot examples' made-up items are."""
+        if self.data is None:
+            self.setup()
+        counts: dict[str, int] = {}
+        for item in self.data.items.values():
+            for genre in item.genres:
+                counts[genre] = counts.get(genre, 0) + 1
+        return tuple(sorted(counts, key=lambda g: (-counts[g], g))[:12])
 
     def positions(self, split: str) -> list[int]:
         if self.table is None:

@@ -57,6 +57,7 @@ def prompt_input(data: InteractionData, table: SampleTable, pos: int) -> prompts
         user_count=table.user_count[pos],
         item_avg=table.item_avg[pos],
         item_count=table.item_count[pos],
+        key=f"{target.user}|{target.item}|{target.timestamp}",
     )
 
 
@@ -77,10 +78,14 @@ class PromptRenderer:
         system_prompt: str | None = prompts.SYSTEM_PROMPT,
         response_prefix: str = "",
         answer_example: bool = False,
+        typical_rating: float | None = None,
+        example_genres: tuple[str, ...] = (),
     ):
         self.tokenizer = tokenizer
         self.response_prefix = response_prefix
         self.answer_example = answer_example
+        self.typical_rating = typical_rating
+        self.example_genres = example_genres
         self.max_prompt_tokens = max_prompt_tokens
         self.review_chars = review_chars
         self.system_prompt = system_prompt
@@ -109,11 +114,21 @@ class PromptRenderer:
         prefix, suffix = text.split(_SENTINEL)
         return prefix, suffix
 
+    def example_for(self, inp: prompts.PromptInput) -> str | None:
+        """The one-shot example this prompt shows (None without `answer_example`): made-up facts seeded
+        by the sample key, reasoned by `prompts.rationale` around the typical rating."""
+        if not self.answer_example:
+            return None
+        scale = inp.scale
+        typical = self.typical_rating if self.typical_rating is not None else scale.low + 0.625 * scale.span
+        return prompts.example_answer(inp.key, scale, typical, self.example_genres, unlike=inp)
+
     def render_text(self, inp: prompts.PromptInput, review_chars: int) -> str:
-        content = prompts.user_message(inp, review_chars, self.answer_example)
+        example = self.example_for(inp)
+        content = prompts.user_message(inp, review_chars, example)
         if self._prefix is not None:  # a merged system prompt is already inside the prefix
             return self._prefix + content + self._suffix + self.response_prefix
-        messages = prompts.build_messages(inp, review_chars, self.system_prompt, self.answer_example)
+        messages = prompts.build_messages(inp, review_chars, self.system_prompt, example)
         text = self._chat(prompts.merge_system(messages) if self.system_merged else messages)
         return text + self.response_prefix
 

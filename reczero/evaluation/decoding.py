@@ -47,6 +47,8 @@ class DecodeConfig:
     samples / temperature / top_p: self_consistency only.
     template: the reward template naming the rating tag (`rewards.TEMPLATES`), e.g. four_step -> `<rate>`.
     allow_trailing_text: the format check's tolerance for text after the last block (`rewards.check_format`).
+    reject_copies / copy_threshold: the format check's copy rule (`rewards.RewardSpec`); copies are
+        counted either way.
     seed: self_consistency sampling seed.
     """
 
@@ -57,6 +59,8 @@ class DecodeConfig:
     top_p: float = 1.0
     template: str = "four_step"
     allow_trailing_text: bool = False
+    reject_copies: bool = True
+    copy_threshold: float = rewards.COPY_THRESHOLD
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -98,6 +102,9 @@ class Decoded:
     format_ok: `rewards.check_format` of each completion.
     finished: each completion ended by EOS or the stop string (False: it hit max_new_tokens).
     rate_mass: expected mode: probability of the covered rating tokens at the rating position; else None.
+    copied / grounded: per completion, whether its reasoning copies the prompt's skeleton or example,
+        and whether it is no copy and names facts of this prompt in both analyses (`rewards`).
+    greedy: expected mode: the greedy completion's own rating (inside the scale), so one pass scores both.
     """
 
     prediction: float | None
@@ -106,6 +113,9 @@ class Decoded:
     format_ok: list[bool]
     finished: list[bool]
     rate_mass: float | None = None
+    copied: list[bool] = field(default_factory=list)
+    grounded: list[bool] = field(default_factory=list)
+    greedy: float | None = None
 
     def json_fields(self) -> dict:
         return output_fields(self.completions, self.format_ok, self.rate_mass)
@@ -244,14 +254,32 @@ def decode_batch(
     response_prefix: str = "",
     generator: torch.Generator | None = None,
     candidates: RatingCandidates | None = None,
+    copy_sources: list | None = None,
+    facts: list | None = None,
 ) -> list[Decoded]:
-    """Decode a rating for each left-padded prompt (`input_ids [B, P]`); the model must be in eval mode."""
+    """Decode a rating for each left-padded prompt (`input_ids [B, P]`); the model must be in eval mode.
+    `copy_sources` / `facts` (one per prompt, from the collator) feed the copy check and grounding."""
     g = cfg.num_samples
     with merged_lora(model):
         gen = generate(model, tokenizer, input_ids, attention_mask, g, cfg.sampling(), generator)
     texts = [response_prefix + t for t in gen.texts]  # [B*G], prompt-major
-    parsed = [rewards.parse_rating(t, cfg.rating_tag) for t in texts]
-    ok = [rewards.check_format(t, scale, cfg.template, cfg.allow_trailing_text).ok for t in texts]
+    checks = [
+        rewards.check_format(
+            t,
+            scale,
+            cfg.template,
+            cfg.allow_trailing_text,
+            copy_sources[i // g] if copy_sources else (),
+            cfg.copy_threshold,
+            cfg.reject_copies,
+        )
+        for i, t in enumerate(texts)
+    ]
+    parsed = [c.rating for c in checks]  # `rewards.parse_rating` of the rating tag, scale not checked
+    grounded = [
+        facts is not None and not c.copied and rewards.answer_grounding(t, facts[i // g], cfg.template).both
+        for i, (t, c) in enumerate(zip(texts, checks))
+    ]
     finished = gen.finished.tolist()
     out = []
     for b in range(input_ids.shape[0]):
@@ -261,7 +289,9 @@ def decode_batch(
         else:
             p = parsed[b]
             prediction = p if p is not None and scale.contains(p) else None
-        out.append(Decoded(prediction, texts[rows], parsed[rows], ok[rows], finished[rows]))
+        flags = [c.ok for c in checks[rows]], finished[rows], None, [c.copied for c in checks[rows]], grounded[rows]
+        greedy = prediction if cfg.mode != "self_consistency" else None
+        out.append(Decoded(prediction, texts[rows], parsed[rows], *flags, greedy=greedy))
     if cfg.mode == "expected":
         _add_expectations(
             model, tokenizer, input_ids, attention_mask, gen, out, cfg, scale, response_prefix, candidates

@@ -61,6 +61,9 @@ class SampleResult:
     format_ok: list[bool]
     finished: list[bool]
     rate_mass: float | None = None
+    copied: list[bool] = field(default_factory=list)
+    grounded: list[bool] = field(default_factory=list)
+    greedy: float | None = None
 
     @property
     def scored_as(self) -> float:
@@ -78,6 +81,8 @@ class SampleResult:
             "history_len": self.history_len,
             "user_count": self.user_count,
             "finished": self.finished[0] if len(self.finished) == 1 else self.finished,
+            "copied": self.copied[0] if len(self.copied) == 1 else self.copied,
+            "grounded": self.grounded[0] if len(self.grounded) == 1 else self.grounded,
             **output_fields(self.completions, self.format_ok, self.rate_mass),
         }
         return row
@@ -91,9 +96,11 @@ class EvalResult:
     scale: object
     expected_values: list[float] = field(default_factory=list)
 
-    def rating_metrics(self) -> metrics.RatingMetrics:
+    def rating_metrics(self, greedy: bool = False) -> metrics.RatingMetrics:
+        """Metrics of the decoded predictions, or with `greedy` of each greedy completion's own rating
+        (expected mode decodes greedily first, so one pass scores both)."""
         return metrics.rating_metrics(
-            [r.prediction for r in self.rows],
+            [r.greedy if greedy else r.prediction for r in self.rows],
             [r.target for r in self.rows],
             [r.fallback for r in self.rows],
             self.scale,
@@ -143,6 +150,8 @@ def evaluate(
             dm.response_prefix,
             generator,
             candidates,
+            batch["copy_sources"],
+            batch["facts"],
         )
         for i, d in zip(chunk, decoded):
             pos = features[i]["sample_id"]
@@ -160,6 +169,9 @@ def evaluate(
                 format_ok=d.format_ok,
                 finished=d.finished,
                 rate_mass=d.rate_mass,
+                copied=d.copied,
+                grounded=d.grounded,
+                greedy=d.greedy,
             )
         bar.update(len(chunk))
     bar.close()
@@ -182,6 +194,10 @@ def summarize(result: EvalResult, **meta) -> dict:
     values["fallbacks"] = m.count - m.parsed
     values["format_rate"] = sum(flags) / len(flags)
     values["finished_rate"] = sum(done) / len(done)
+    copied = [c for r in rows for c in r.copied]
+    grounded = [g for r in rows for g in r.grounded]
+    values["copy_rate"] = sum(copied) / len(copied) if copied else None
+    values["grounded_rate"] = sum(grounded) / len(grounded) if grounded else None
     masses = [r.rate_mass for r in rows if r.rate_mass is not None]
     if masses:
         values["rate_mass_mean"] = sum(masses) / len(masses)
@@ -195,7 +211,13 @@ def summarize(result: EvalResult, **meta) -> dict:
     out["seconds"] = result.seconds
     if result.expected_values:
         out["expected_values"] = result.expected_values
+        greedy = result.rating_metrics(greedy=True)
+        out["metrics_greedy"] = {k: _finite(v) for k, v in greedy.to_dict().items() if not k.startswith("mae_target_")}
+        out["scored_greedy"] = [r.fallback if r.greedy is None else r.greedy for r in rows]
+    # per sample, in one order: what `reczero report` pairs methods on (paired bootstrap intervals)
     out["sample_keys"] = [r.key for r in rows]
+    out["targets"] = [r.target for r in rows]
+    out["scored"] = [r.scored_as for r in rows]
     return out
 
 
@@ -230,6 +252,7 @@ def format_summary(summary: dict) -> str:
         f"  MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}  parse rate {m['parse_rate']:.3f}  format rate "
         f"{m['format_rate']:.3f}  exact {m['exact_rate']:.3f}  within 0.5 {m['within_0_5']:.3f}  "
         f"within 1 {m['within_1']:.3f}",
+        f"  copy rate {_rate(m.get('copy_rate'))}  grounded rate {_rate(m.get('grounded_rate'))}",
         f"  fallbacks: {m['fallbacks']} ({summary['fallback']})",
         "  MAE by true rating: " + ", ".join(f"{k}: {v:.3f}" for k, v in summary["mae_by_target"].items()),
         "  MAE by records shown: "
@@ -237,7 +260,17 @@ def format_summary(summary: dict) -> str:
         "  MAE by the user's earlier ratings: "
         + ", ".join(f"{k}: {v['mae']:.3f} (n={v['n']})" for k, v in summary["mae_by_user_count"].items()),
     ]
+    if "metrics_greedy" in summary:
+        g = summary["metrics_greedy"]
+        lines.insert(
+            2,
+            f"  the same pass, greedy ratings: MAE {g['mae']:.4f}  RMSE {g['rmse']:.4f}  parse rate {g['parse_rate']:.3f}",
+        )
     return "\n".join(lines)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 # -- CLI: reczero evaluate ------------------------------------------------------------------------
@@ -269,6 +302,8 @@ def add_model_arguments(parser) -> None:
 
 def decode_config(cfg, reward) -> DecodeConfig:
     return DecodeConfig(
+        reject_copies=reward.reject_copies,
+        copy_threshold=reward.copy_threshold,
         mode=cfg.decoding,
         max_new_tokens=cfg.max_new_tokens,
         samples=cfg.samples,

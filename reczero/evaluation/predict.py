@@ -32,7 +32,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass
 
-from reczero import prompts
+from reczero import prompts, reasoning
 from reczero.data.arguments import add_data_arguments, parse_with_config
 from reczero.data.render import item_details
 from reczero.data.schema import DataFormatError, InteractionData, Item, RatingScale
@@ -251,6 +251,7 @@ class DatasetIndex:
             user_count=len(earlier),
             item_avg=item_avg,
             item_count=len(others),
+            key=f"{user}|{item}|{before if math.isfinite(before) else 'now'}",
         )
         return inp, _fallback(data.scale, user_avg, item_avg)
 
@@ -342,9 +343,11 @@ def predict_stream(model, tokenizer, dm, requests: list[Request], decode, batch_
             texts = [renderer.render(chunk[i].inp).text for i in rows]
             ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
             batch = collate([{**EMPTY_FEATURE, "input_ids": x} for x in ids])
+            sources = [prompts.copy_sources(scale, renderer.example_for(chunk[i].inp)) for i in rows]
+            facts = [reasoning.prompt_facts(chunk[i].inp) for i in rows]
             decoded = decode_batch(
                 model, tokenizer, batch["input_ids"].to(device), batch["attention_mask"].to(device), decode, scale,
-                dm.response_prefix, generator,
+                dm.response_prefix, generator, copy_sources=sources, facts=facts,
             )  # fmt: skip
             for i, d in zip(rows, decoded):
                 results[i] = d

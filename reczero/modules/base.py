@@ -75,7 +75,8 @@ class PolicyModule(L.LightningModule):
         self.scale = None
         self.response_prefix = ""  # from the DataModule: scored together with each completion
         self.strict_loading = False  # checkpoints hold the adapter only, not the frozen base weights
-        self._val_rows: list[tuple[float, float, float, bool, float]] = []
+        # per validation sample: prediction (NaN: none), target, fallback, format_ok, reward, copied, grounded
+        self._val_rows: list[tuple[float, float, float, bool, float, bool, bool]] = []
 
     # -- building -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -139,10 +140,13 @@ class PolicyModule(L.LightningModule):
             self.policy.train(was_training)
         targets = batch["target"].tolist()
         texts = [self.response_prefix + t for t in gen.texts]
-        scored = rewards.score_batch(texts, targets, self.scale, self.reward_spec)
-        for s, text, target, fallback in zip(scored, texts, targets, batch["fallback"].tolist()):
-            pred = rewards.parse_rating(text, rewards.get_template(self.reward_spec.template).rating_tag)
-            self._val_rows.append((math.nan if pred is None else pred, target, fallback, s.format_ok, s.total))
+        scored = rewards.score_batch(
+            texts, targets, self.scale, self.reward_spec, batch.get("copy_sources"), batch.get("facts")
+        )
+        for s, target, fallback in zip(scored, targets, batch["fallback"].tolist()):
+            pred = s.parsed if s.parsed is not None and self.scale.contains(s.parsed) else None
+            row = (math.nan if pred is None else pred, target, fallback, s.format_ok, s.total, s.copied)
+            self._val_rows.append((*row, s.grounded_answer))
         self._last_val_text = texts[0] if texts else ""
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -153,9 +157,9 @@ class PolicyModule(L.LightningModule):
         self._val_start = time.perf_counter()
 
     def on_validation_epoch_end(self) -> None:
-        rows = torch.tensor(self._val_rows, dtype=torch.float32, device=self.device).reshape(-1, 5)  # [n, 5]
+        rows = torch.tensor(self._val_rows, dtype=torch.float32, device=self.device).reshape(-1, 7)  # [n, 7]
         if self.trainer.world_size > 1:
-            rows = self.all_gather(rows).reshape(-1, 5)
+            rows = self.all_gather(rows).reshape(-1, 7)
         self._val_rows = []
         if rows.shape[0] == 0:
             return
@@ -169,6 +173,8 @@ class PolicyModule(L.LightningModule):
             "val/within_1": m.within_1,
             "val/format_rate": rows[:, 3].mean().item(),
             "val/reward": rows[:, 4].mean().item(),
+            "val/copy_rate": rows[:, 5].mean().item(),
+            "val/grounded_rate": rows[:, 6].mean().item(),
             "val/samples": float(m.count),
             "val/seconds": time.perf_counter() - self._val_start,
         }

@@ -281,6 +281,8 @@ class GRPOModule(PolicyModule):
             "train/reward": r.mean(),
             "train/reward_std": r.std() if r.numel() > 1 else torch.zeros(()),
             "train/format_rate": record.format_ok.float().mean(),
+            "train/copy_rate": record.copied.float().mean(),
+            "train/grounded_rate": record.grounded.float().mean(),
             "train/parse_rate": valid.float().mean(),
             "train/completion_len_mean": lengths.mean(),
             "train/completion_len_min": lengths.min(),

@@ -9,8 +9,8 @@ hint and keep an explanation that reaches it without mentioning it (Reason4Rec's
      completions of each prompt
      (one batched `rollout.engine.generate` call, shared prefill);
   2. a sample keeps its first completion that passes `rewards.check_format` with a rating within
-     `--tolerance` of the truth (`judge_direct`); with `data.answer_example`, completions that copy
-     the prompt's one-shot example answer are rejected too (`copies_example`);
+     `--tolerance` of the truth (`judge_direct`); completions that copy the prompt's skeleton hints
+     or its one-shot example answer (`data.answer_example`) are rejected too (`copied_example`);
   3. the others are asked again, the prompt extended by `hint_sentence(truth)`, `--hint-tries`
      completions each (default `--tries`; 0 skips this round); kept: the first that passes the
      format, rates exactly the hint and does not leak it (`judge_hinted`, `traces.leaks_hint`);
@@ -40,7 +40,7 @@ from pathlib import Path
 from reczero import rewards
 from reczero.data.arguments import add_data_arguments, parse_with_config
 from reczero.data.render import prompt_input
-from reczero.prompts import STEP_TAGS, answer_format, example_answer, format_rating
+from reczero.prompts import answer_format, copy_sources, format_rating
 from reczero.recone.teacher import TEACHER_NAME, template_trace
 from reczero.recone.traces import leaks_hint
 from reczero.scale import RatingScale
@@ -65,34 +65,25 @@ class Verdict:
         return self.reason.split(":", 1)[0]
 
 
-def copies_example(completion: str, example: str | None) -> bool:
-    """True when a reasoning block of the prompt's one-shot `example` answer (`data.answer_example`)
-    reappears verbatim in `completion`: small teachers copy it, and the copy is about another user."""
-    if not example:
-        return False
-    for tag in STEP_TAGS[:-1]:
-        start, end = example.find(f"<{tag}>"), example.find(f"</{tag}>")
-        block = example[start + len(tag) + 2 : end].strip() if 0 <= start < end else ""
-        if block and block in completion:
-            return True
-    return False
-
-
-def _check(completion: str, scale: RatingScale, example: str | None) -> tuple[rewards.FormatCheck, Verdict | None]:
-    check = rewards.check_format(completion, scale)
+def _check(
+    completion: str, scale: RatingScale, sources: tuple[str, ...]
+) -> tuple[rewards.FormatCheck, Verdict | None]:
+    """The reward's format check; a block that copies the prompt's skeleton hints or its one-shot
+    example (`sources`, `prompts.copy_sources`) is a `copied_example` drop: small teachers copy it."""
+    check = rewards.check_format(completion, scale, copy_sources=sources)
+    if check.reason.startswith("copied_block"):
+        return check, Verdict(False, f"copied_example:{check.reason.split(':', 1)[1]}", check.rating)
     if not check.ok:
         return check, Verdict(False, f"format:{check.reason}", check.rating)
-    if copies_example(completion, example):
-        return check, Verdict(False, "copied_example", check.rating)
     return check, None
 
 
 def judge_direct(
-    completion: str, truth: float, scale: RatingScale, tolerance: float, example: str | None = None
+    completion: str, truth: float, scale: RatingScale, tolerance: float, sources: tuple[str, ...] = ()
 ) -> Verdict:
-    """Without a hint: keep when the format passes, the prompt's `example` answer is not copied, and
+    """Without a hint: keep when the format passes, nothing of `sources` is copied, and
     |rating - truth| <= tolerance."""
-    check, rejected = _check(completion, scale, example)
+    check, rejected = _check(completion, scale, sources)
     if rejected:
         return rejected
     if abs(check.rating - truth) > tolerance + rewards.EXACT_TOLERANCE:
@@ -100,10 +91,10 @@ def judge_direct(
     return Verdict(True, "ok", check.rating)
 
 
-def judge_hinted(completion: str, truth: float, scale: RatingScale, example: str | None = None) -> Verdict:
-    """With the hint: keep when the format passes, the `example` is not copied, the rating equals the
+def judge_hinted(completion: str, truth: float, scale: RatingScale, sources: tuple[str, ...] = ()) -> Verdict:
+    """With the hint: keep when the format passes, nothing of `sources` is copied, the rating equals the
     hint, and `leaks_hint` is None."""
-    check, rejected = _check(completion, scale, example)
+    check, rejected = _check(completion, scale, sources)
     if rejected:
         return rejected
     if abs(check.rating - truth) > rewards.EXACT_TOLERANCE:
@@ -121,11 +112,11 @@ def hint_sentence(truth: float, scale: RatingScale) -> str:
     )
 
 
-def add_hint(prompt: str, truth: float, scale: RatingScale) -> str:
+def add_hint(prompt: str, truth: float, scale: RatingScale, example: str | None = None) -> str:
     """`prompt` with the hint sentence on its own line at the end of the instruction: after the answer
-    skeleton, or after the one-shot example answer when the prompt shows one (inside the user turn,
+    skeleton, or after the one-shot `example` answer when the prompt shows one (inside the user turn,
     before the chat template's assistant header). Adds ~30 tokens beyond `max_prompt_tokens`."""
-    ends = [prompt.rfind(s) + len(s) for s in (answer_format(scale), example_answer(scale)) if s in prompt]
+    ends = [prompt.rfind(s) + len(s) for s in (answer_format(scale), example) if s and s in prompt]
     if not ends:
         raise ValueError("the prompt does not contain the answer skeleton; cannot place the hint")
     end = max(ends)
@@ -199,13 +190,13 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
     device = model.device if model is not None else torch.device("cpu")
     generator = torch.Generator(device).manual_seed(cfg.seed)
     prefix = dm.response_prefix
-    example = example_answer(scale) if getattr(dm, "answer_example", False) else None
+    typical = dm.typical_rating
     log.info("coldstart: %d traces so far, %d train samples left, target %d", have, len(order), cfg.num_traces)
 
     def sample(rows: list[int], prompts: list[str], tries: int) -> list[list[str]]:
         """B dataset rows and their prompts -> B lists of `tries` completions."""
         if model is None:
-            return [[template_trace(prompt_input(ds.data, ds.table, ds.positions[i]))[0]] for i in rows]
+            return [[template_trace(prompt_input(ds.data, ds.table, ds.positions[i]), typical)[0]] for i in rows]
         ids, mask = _tokenize(tokenizer, prompts, device)
         texts = generate(model, tokenizer, ids, mask, tries, sampling, generator).texts  # B * tries, prompt-major
         texts = [(prefix + t).rstrip() for t in texts]
@@ -220,13 +211,16 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
             batch = order[start : start + min(cfg.batch_size, cfg.num_traces - have)]
             start += len(batch)
             prompts = [ds.prompt_text(i) for i in batch]
+            inputs = [prompt_input(ds.data, ds.table, ds.positions[i]) for i in batch]
+            examples = [ds.renderer.example_for(inp) for inp in inputs]
+            sources = [copy_sources(scale, example) for example in examples]
             truths = [ds.data.interactions[ds.table.target[ds.positions[i]]].rating for i in batch]
             kept: dict[int, tuple[str, float, str]] = {}
             failed: dict[int, list[Verdict]] = {}  # b -> the verdicts that drop it, unless a hinted try is kept
             for b, texts in enumerate(sample(batch, prompts, cfg.tries)):
                 idx, verdicts = first_kept(
                     texts,
-                    partial(judge_direct, truth=truths[b], scale=scale, tolerance=cfg.tolerance, example=example),
+                    partial(judge_direct, truth=truths[b], scale=scale, tolerance=cfg.tolerance, sources=sources[b]),
                 )
                 _count(stats["direct_rejects"], verdicts if idx is None else verdicts[:idx])
                 if idx is not None:
@@ -236,11 +230,13 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
             retry = [b for b in range(len(batch)) if b not in kept]
             if retry and hint_tries:
                 hinted = sample(
-                    [batch[b] for b in retry], [add_hint(prompts[b], truths[b], scale) for b in retry], hint_tries
+                    [batch[b] for b in retry],
+                    [add_hint(prompts[b], truths[b], scale, examples[b]) for b in retry],
+                    hint_tries,
                 )
                 for b, texts in zip(retry, hinted):
                     idx, verdicts = first_kept(
-                        texts, partial(judge_hinted, truth=truths[b], scale=scale, example=example)
+                        texts, partial(judge_hinted, truth=truths[b], scale=scale, sources=sources[b])
                     )
                     _count(stats["hint_rejects"], verdicts if idx is None else verdicts[:idx])
                     if idx is not None:

@@ -67,6 +67,8 @@ class RolloutRecord:
     advantages:      [N]
     format_ok:       [N] bool
     predictions:     [N] parsed rating, NaN where none could be read
+    copied:          [N] True where a reasoning block copies the prompt's skeleton or one-shot example
+    grounded:        [N] True where the answer is no copy and both analyses name facts of this prompt
     targets:         [N] the true rating of each row's prompt
     truncated:       [N] True where the completion hit max_new_tokens without ending
     sample_ids:      [B] dataset positions of the prompts
@@ -85,6 +87,8 @@ class RolloutRecord:
     advantages: torch.Tensor
     format_ok: torch.Tensor
     predictions: torch.Tensor
+    copied: torch.Tensor
+    grounded: torch.Tensor
     targets: torch.Tensor
     truncated: torch.Tensor
     sample_ids: torch.Tensor
@@ -110,19 +114,42 @@ class RolloutRecord:
         return RolloutRecord(**moved)
 
 
+@dataclass
+class Scores:
+    """Rewards and measures of N completions: rewards [N], components name -> [N], format_ok [N],
+    predictions [N] (NaN when unparsable), copied [N] (a reasoning block copies the prompt's skeleton
+    or example), grounded [N] (not copied, and both analyses name facts of this prompt)."""
+
+    rewards: torch.Tensor
+    components: dict[str, torch.Tensor]
+    format_ok: torch.Tensor
+    predictions: torch.Tensor
+    copied: torch.Tensor
+    grounded: torch.Tensor
+
+
 def score_texts(
-    texts: list[str], targets: list[float], scale: RatingScale, spec: rewards.RewardSpec
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """(rewards [N], components, format_ok [N], predictions [N] NaN when unparsable)."""
-    scored = rewards.score_batch(texts, targets, scale, spec)
-    total = torch.tensor([s.total for s in scored], dtype=torch.float32)
-    components = {
-        "format": torch.tensor([s.format for s in scored], dtype=torch.float32),
-        "rating": torch.tensor([s.rating for s in scored], dtype=torch.float32),
-    }
-    ok = torch.tensor([s.format_ok for s in scored], dtype=torch.bool)
-    preds = torch.tensor([s.parsed if s.parsed is not None else math.nan for s in scored], dtype=torch.float32)
-    return total, components, ok, preds
+    texts: list[str],
+    targets: list[float],
+    scale: RatingScale,
+    spec: rewards.RewardSpec,
+    copy_sources: list | None = None,
+    facts: list | None = None,
+) -> Scores:
+    """Score each completion (`rewards.score_batch`); `copy_sources` / `facts` one per text, or None."""
+    scored = rewards.score_batch(texts, targets, scale, spec, copy_sources, facts)
+    flags = lambda values: torch.tensor(values, dtype=torch.bool)  # noqa: E731
+    return Scores(
+        rewards=torch.tensor([s.total for s in scored], dtype=torch.float32),
+        components={
+            "format": torch.tensor([s.format for s in scored], dtype=torch.float32),
+            "rating": torch.tensor([s.rating for s in scored], dtype=torch.float32),
+        },
+        format_ok=flags([s.format_ok for s in scored]),
+        predictions=torch.tensor([math.nan if s.parsed is None else s.parsed for s in scored], dtype=torch.float32),
+        copied=flags([s.copied for s in scored]),
+        grounded=flags([s.grounded_answer for s in scored]),
+    )
 
 
 def build_rollout(
@@ -160,8 +187,9 @@ def record_from_generation(
     group = cfg.group_size
     targets = batch["target"].repeat_interleave(group)  # [N]
     texts = [response_prefix + t for t in gen.texts]
-    total, components, ok, preds = score_texts(texts, targets.tolist(), scale, spec)
-    advantages = grpo.group_advantages(total, group, cfg.advantage_scale)  # [N]
+    per_row = lambda key: None if key not in batch else [x for x in batch[key] for _ in range(group)]  # noqa: E731
+    scores = score_texts(texts, targets.tolist(), scale, spec, per_row("copy_sources"), per_row("facts"))
+    advantages = grpo.group_advantages(scores.rewards, group, cfg.advantage_scale)  # [N]
     prompt_ids = batch["input_ids"].repeat_interleave(group, dim=0)  # [N, P]
     prompt_mask = batch["attention_mask"].repeat_interleave(group, dim=0)  # [N, P]
     completion_mask = gen.completion_mask  # [N, C]
@@ -171,11 +199,13 @@ def record_from_generation(
         attention_mask=torch.cat([prompt_mask, completion_mask.long().to(device)], dim=1),
         completion_mask=completion_mask.to(device),
         prompt_width=prompt_ids.shape[1],
-        rewards=total.to(device),
-        components={k: v.to(device) for k, v in components.items()},
+        rewards=scores.rewards.to(device),
+        components={k: v.to(device) for k, v in scores.components.items()},
         advantages=advantages.to(device),
-        format_ok=ok.to(device),
-        predictions=preds.to(device),
+        format_ok=scores.format_ok.to(device),
+        predictions=scores.predictions.to(device),
+        copied=scores.copied.to(device),
+        grounded=scores.grounded.to(device),
         targets=targets.float(),
         truncated=~gen.finished.to(device),
         sample_ids=batch["sample_id"],
