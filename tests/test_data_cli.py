@@ -185,4 +185,5 @@ def test_data_stats_on_movielens_100k(tmp_path, capsys) -> None:
     assert split_sizes(stats["samples"]) == {"train": 97892, "validation": 943, "test": 943}
     assert stats["dropped_short_history"] == "222"
     assert stats["duplicates"] == "rule: latest, pairs: 0, repeated: 0, exact: 0, dropped: 0"
+    assert stats["same_time_share"] == "0.7577"
     assert stats["no_user_history_share"] == "train: 0.0206, validation: 0.0, test: 0.0"
