@@ -53,8 +53,11 @@ def test_data_stats_on_a_generic_csv(tmp_path, capsys) -> None:
     path = write_csv(tmp_path / "ratings.csv")
     cache = tmp_path / "cache"
     main(["data", "stats", "--format", "csv", "--path", str(path), "--data.cache_dir", str(cache)])
-    stats = stats_lines(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    stats = stats_lines(out)
     assert stats["interactions"] == "60"
+    assert stats["duplicates"] == "rule: latest, pairs: 0, repeated: 0, exact: 0, dropped: 0"
+    assert stats["same_time_share"] == "0.0" and "WARNING" not in out  # distinct times: every prompt has history
     assert stats["users"] == "10"
     assert stats["items"] == "12"
     assert stats["reviews"] == "60"
@@ -120,6 +123,58 @@ def test_data_stats_with_a_tokenizer_counts_prompt_tokens(tmp_path, capsys, tiny
     assert stats["max_prompt_tokens"] == "1024"
 
 
+def write_tied_csv(path: Path) -> Path:
+    """Day-resolution times: each of 8 users rates 5 items on one day; two rows repeat (one exact copy)."""
+    lines = ["user,item,rating,timestamp"]
+    for u in range(8):
+        lines += [f"u{u},i{(u + k) % 9},{1 + (u + k) % 5},{(17_000 + u) * 86_400}" for k in range(5)]
+    lines += [f"u0,i0,4,{17_000 * 86_400}", f"u1,i1,2,{17_001 * 86_400}"]  # a re-rating (was 1), an exact copy
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_data_stats_reports_duplicates_and_warns_when_prompts_lack_user_history(tmp_path, capsys) -> None:
+    path = write_tied_csv(tmp_path / "tied.csv")
+    args = ["data", "stats", "--format=csv", f"--path={path}", "--data.samples.min_history=0"]
+    main(args + [f"--data.cache_dir={tmp_path / 'cache'}"])
+    out = capsys.readouterr().out
+    stats = stats_lines(out)
+    assert stats["interactions"] == "40"
+    assert stats["duplicates"] == "rule: latest, pairs: 2, repeated: 2, exact: 1, dropped: 2"
+    assert stats["same_time_share"] == "1.0"  # every interaction shares its day with another of its user
+    assert stats["no_user_history_share"] == "train: 1.0, validation: 1.0, test: 1.0"
+    warnings = [line for line in out.splitlines() if line.startswith("WARNING: ")]
+    assert [w.split(" samples")[0] for w in warnings] == [
+        "WARNING: 100.0% of the train",
+        "WARNING: 100.0% of the validation",
+        "WARNING: 100.0% of the test",
+    ]
+    assert all("no user history" in w and "coarse timestamps or ties" in w for w in warnings)
+
+    main(args + ["--data.source.duplicates=keep", f"--data.cache_dir={tmp_path / 'cache'}"])
+    out = capsys.readouterr().out
+    assert stats_lines(out)["interactions"] == "42"
+    assert stats_lines(out)["duplicates"] == "rule: keep, pairs: 2, repeated: 2, exact: 1, dropped: 0"
+    assert "WARNING: 2 repeated (user, item) interactions kept (--data.source.duplicates=keep)" in out
+
+
+def test_data_stats_under_a_declared_timestamp_unit(tmp_path, capsys) -> None:
+    path = tmp_path / "ms.csv"
+    path.write_text(
+        "user,item,rating,timestamp\n"
+        + "".join(f"u{k % 3},i{k},3,{1_588_687_728_000 + k * 60_000}\n" for k in range(12))
+    )
+    args = ["data", "stats", "--format=csv", f"--path={path}", "--data.samples.min_history=0"]
+    main(args + ["--data.source.timestamp_unit=ms", f"--data.cache_dir={tmp_path / 'cache'}"])
+    stats = stats_lines(capsys.readouterr().out)
+    assert stats["interactions"] == "12" and stats["same_time_share"] == "0.0"
+    assert split_sizes(stats["samples"]) == {"train": 6, "validation": 3, "test": 3}
+    with pytest.raises(SystemExit):  # the default unit: the CLI prints the file, line, field and the fix
+        main(args + [f"--data.cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert f"{path}, line 2: field 'timestamp'" in err and "--data.source.timestamp_unit=ms" in err
+
+
 @pytest.mark.skipif(not (ML100K / "u.data").is_file(), reason=f"{ML100K} is not available")
 def test_data_stats_on_movielens_100k(tmp_path, capsys) -> None:
     main(["data", "stats", "--format", "movielens-100k", "--path", str(ML100K), "--data.cache_dir", str(tmp_path)])
@@ -129,3 +184,6 @@ def test_data_stats_on_movielens_100k(tmp_path, capsys) -> None:
     assert stats["items"] == "1682"
     assert split_sizes(stats["samples"]) == {"train": 97892, "validation": 943, "test": 943}
     assert stats["dropped_short_history"] == "222"
+    assert stats["duplicates"] == "rule: latest, pairs: 0, repeated: 0, exact: 0, dropped: 0"
+    assert stats["same_time_share"] == "0.7577"
+    assert stats["no_user_history_share"] == "train: 0.0206, validation: 0.0, test: 0.0"

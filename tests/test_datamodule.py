@@ -48,7 +48,7 @@ def write_csv(path: Path, users: int = 12, per_user: int = 6, shift: int = 0) ->
     lines = ["uid,mid,stars,when,text"]
     for u in range(users):
         for k in range(per_user):
-            item = (u * 3 + k * 5) % 15
+            item = (u * 3 + k * 2) % 15  # six distinct items per user
             stars = 1 + (u + k + shift) % 5
             lines.append(f'{u},{item},{stars},{1_600_000_000 + u * 7 + k * 1000},"user {u} on item {item}"')
     path.write_text("\n".join(lines) + "\n")

@@ -1,7 +1,8 @@
 """On-disk cache of read interactions and built samples, as Arrow tables through `datasets`.
 
-The key hashes the source and sample configuration together with every source file's path, size and
-mtime, so editing a data file or a setting rebuilds, and nothing else does. Writes go to a temporary
+The key hashes the source and sample configuration (the duplicate rule and the timestamp unit too)
+together with every source file's path, size and mtime, so editing a data file or a setting rebuilds,
+and nothing else does. Writes go to a temporary
 folder that is renamed into place, so an interrupted build never leaves a cache that looks valid.
 """
 
@@ -17,11 +18,11 @@ import tempfile
 from pathlib import Path
 
 from reczero.data.samples import SampleConfig, SampleTable, build_samples
-from reczero.data.schema import Interaction, InteractionData, Item, RatingScale
+from reczero.data.schema import DuplicateCounts, Interaction, InteractionData, Item, RatingScale
 from reczero.data.sources import SourceConfig, load_source, source_files
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the duplicate rule runs on every source, its counts are in meta.json
 
 
 def default_cache_dir() -> Path:
@@ -103,6 +104,7 @@ def _store(folder: Path, data: InteractionData, table: SampleTable) -> None:
             "name": data.name,
             "scale": [data.scale.low, data.scale.high, data.scale.step],
             "skipped_rows": data.skipped_rows,
+            "duplicates": dataclasses.asdict(data.duplicates),
             "dropped_short": table.dropped_short,
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
@@ -139,5 +141,12 @@ def _load(folder: Path) -> tuple[InteractionData, SampleTable]:
     table = SampleTable(dropped_short=meta["dropped_short"])
     for name in table.columns():
         getattr(table, name).extend(cols[name])
-    data = InteractionData(meta["name"], rows, items, RatingScale(*meta["scale"]), meta["skipped_rows"])
+    data = InteractionData(
+        meta["name"],
+        rows,
+        items,
+        RatingScale(*meta["scale"]),
+        meta["skipped_rows"],
+        DuplicateCounts(**meta["duplicates"]),
+    )
     return data, table

@@ -2,11 +2,14 @@
 
 Readers turn MovieLens, Amazon, Yelp or a generic CSV/JSONL into one `InteractionData`: a list of
 `Interaction` rows, an `Item` table and the `RatingScale` the ratings live on (`reczero.scale`, re-exported here). Everything after the
-readers (samples, prompts, rewards, baselines) only sees this form.
+readers (samples, prompts, rewards, baselines) only sees this form. `DuplicateCounts` records what the
+duplicate rule (`sources.apply_duplicate_rule`) found and dropped; `RowOrigin` (each row's line) lets
+its `error` rule name the lines of a repeat.
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 from reczero.scale import SCALES, RatingScale  # re-exported: data code names the scale through the schema
@@ -56,6 +59,42 @@ class Item:
     year: int | None = None
 
 
+DUPLICATE_RULES = ("latest", "first", "keep", "error")
+
+
+@dataclass
+class DuplicateCounts:
+    """What the duplicate rule (`sources.apply_duplicate_rule`) found in a source and did about it.
+
+    Attributes:
+        rule: the rule applied (one of `DUPLICATE_RULES`); None for data no rule has seen (a reader's output).
+        pairs: (user, item) pairs with more than one interaction.
+        repeated: interactions beyond the first of their pair (what `latest` and `first` drop).
+        exact: of `repeated`, the copies: same rating and timestamp as an earlier interaction of the pair
+            (Amazon's one review per product variant); the rest are re-ratings.
+        dropped: interactions removed: `repeated` under `latest` / `first`, 0 under `keep`.
+    """
+
+    rule: str | None = None
+    pairs: int = 0
+    repeated: int = 0
+    exact: int = 0
+    dropped: int = 0
+
+
+@dataclass
+class RowOrigin:
+    """Where a reader found each interaction: the file, and per interaction its 1-based line.
+
+    Only error messages need it (the duplicate rule `error` names both lines of a repeated pair); the
+    duplicate rule consumes it, and the cache does not keep it. `lines` is an unsigned 64-bit array,
+    so it costs 8 bytes per interaction.
+    """
+
+    path: str
+    lines: array = field(default_factory=lambda: array("Q"))
+
+
 @dataclass
 class InteractionData:
     """Everything a source provides, in the common form."""
@@ -65,6 +104,8 @@ class InteractionData:
     items: dict[str, Item]
     scale: RatingScale = field(default_factory=lambda: SCALES["1-5"])
     skipped_rows: int = 0
+    duplicates: DuplicateCounts = field(default_factory=DuplicateCounts)
+    origin: RowOrigin | None = field(default=None, repr=False, compare=False)
 
     def item(self, item_id: str) -> Item:
         """The item's metadata, or a title-only stand-in when the item table lacks it."""

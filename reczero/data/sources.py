@@ -1,18 +1,27 @@
 """Where interactions come from: a `SourceConfig` (a nested LightningCLI argument) and `load_source`.
 
-`load_source` dispatches to a reader in `readers/` (or to the synthetic demo set) and returns the
-common `InteractionData`; `source_files` lists the files a source reads, so a cache can be keyed by
-their size and mtime. `format="auto"` looks at the directory (or the file) to pick the format.
+`load_source` dispatches to a reader in `readers/` (or to the synthetic demo set), then puts every
+source through the one duplicate rule (`apply_duplicate_rule`), and returns the common
+`InteractionData`; `source_files` lists the files a source reads, so a cache can be keyed by their
+size and mtime. `format="auto"` looks at the directory (or the file) to pick the format.
+
+Why a duplicate rule: real dumps repeat (user, item) interactions. Amazon's 5-core files hold one copy
+of a review per product variant (same user, item, rating and day). Under a leave-last split a copy of a
+user's test rating would then sit in the training data, where a user-mean or k-NN baseline finds it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from reczero.data import readers
-from reczero.data.schema import InteractionData, RatingScale
+from reczero.data.readers.fields import TIMESTAMP_UNITS
+from reczero.data.schema import DUPLICATE_RULES, DataFormatError, DuplicateCounts, InteractionData, RatingScale
+
+log = logging.getLogger(__name__)
 
 FORMATS = (
     "synthetic", "auto", "movielens-100k", "movielens-1m", "movielens-10m", "movielens-csv",
@@ -36,6 +45,13 @@ class SourceConfig:
             year) -> their column name.
         scale: '1-5', '0.5-5', '1-10'; None: the format's default, or detected (generic formats).
         on_bad_row: 'error' stops at the first malformed row; 'skip' drops and counts bad rows.
+        duplicates: what to do with repeated (user, item) interactions, in every format:
+            'latest' keeps the latest by timestamp (a tie: the later line), 'first' the earliest (a
+            tie: the earlier line), 'keep' keeps them all (a leave-last split may then put a copy of a
+            test rating in train), 'error' stops at the first repeat, naming the file and both lines.
+            What was found and dropped is counted in `InteractionData.duplicates`.
+        timestamp_unit: csv / jsonl timestamps: 's' unix seconds or an ISO date, 'ms' unix
+            milliseconds (floor-divided to seconds), 'iso' ISO-8601 dates/datetimes only (UTC if no zone).
         max_rows: stop after this many interactions (quick runs); None reads everything.
         synthetic_users: users in the synthetic demo set.
         synthetic_items: items in the synthetic demo set.
@@ -50,6 +66,8 @@ class SourceConfig:
     item_columns: dict[str, str] | None = None
     scale: str | None = None
     on_bad_row: str = "error"
+    duplicates: str = "latest"
+    timestamp_unit: str = "s"
     max_rows: int | None = None
     synthetic_users: int = 300
     synthetic_items: int = 150
@@ -63,6 +81,14 @@ class SourceConfig:
             raise ValueError(f"source format {self.format!r} needs a path (a directory or the reviews file)")
         if self.on_bad_row not in readers.ON_BAD_ROW:
             raise ValueError(f"on_bad_row must be 'error' or 'skip', got {self.on_bad_row!r}")
+        if self.duplicates not in DUPLICATE_RULES:
+            raise ValueError(f"duplicates must be one of {', '.join(DUPLICATE_RULES)}, got {self.duplicates!r}")
+        if self.timestamp_unit not in TIMESTAMP_UNITS:
+            raise ValueError(
+                f"timestamp_unit must be one of {', '.join(TIMESTAMP_UNITS)}, got {self.timestamp_unit!r}"
+            )
+        if self.timestamp_unit != "s" and self.format not in _WITH_COLUMNS:
+            raise ValueError(f"timestamp_unit applies to the csv and jsonl formats; {self.format!r} has its own")
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError(f"max_rows must be >= 1 or None, got {self.max_rows}")
         if self.scale is not None:
@@ -145,8 +171,14 @@ def source_files(cfg: SourceConfig) -> list[Path]:
 
 
 def load_source(cfg: SourceConfig) -> InteractionData:
-    """Read the configured source into the common form."""
+    """Read the configured source into the common form, then apply the duplicate rule (`cfg.duplicates`)."""
+    return apply_duplicate_rule(_read_source(cfg), cfg.duplicates)
+
+
+def _read_source(cfg: SourceConfig) -> InteractionData:
     fmt = _resolved(cfg)
+    if cfg.timestamp_unit != "s" and fmt not in ("csv", "jsonl"):
+        raise ValueError(f"timestamp_unit applies to the csv and jsonl formats; {cfg.path} is {fmt!r}")
     if fmt == "synthetic":
         from reczero.data.synthetic import generate_synthetic
 
@@ -178,5 +210,70 @@ def load_source(cfg: SourceConfig) -> InteractionData:
         items_path=cfg.items_path,
         item_columns=cfg.item_columns,
         kind=None if cfg.format == "auto" else fmt,
+        timestamp_unit=cfg.timestamp_unit,
         **common,
     )
+
+
+def apply_duplicate_rule(data: InteractionData, rule: str = "latest") -> InteractionData:
+    """Resolve repeated (user, item) interactions by `rule` and count them in `data.duplicates`; in place.
+
+    'latest' keeps the interaction with the largest (timestamp, position in the file), 'first' the
+    smallest, 'keep' all; 'error' raises a `DataFormatError` at the first repeat in file order. Kept
+    interactions stay in file order. `data.origin` (the line of each row) names lines in the error and
+    is released afterwards. With `max_rows`, the rule sees only the rows read, so fewer may remain.
+    """
+    if rule not in DUPLICATE_RULES:
+        raise ValueError(f"duplicates must be one of {', '.join(DUPLICATE_RULES)}, got {rule!r}")
+    rows = data.interactions
+    first_at: dict[tuple[str, str], int] = {}
+    repeats: dict[int, list[int]] = {}  # index of a pair's first row -> indices of its later rows
+    for j, row in enumerate(rows):
+        i = first_at.setdefault((row.user, row.item), j)
+        if i != j:
+            if rule == "error":
+                raise _repeat_error(data, i, j)
+            repeats.setdefault(i, []).append(j)
+    del first_at
+    counts = DuplicateCounts(rule=rule, pairs=len(repeats))
+    drop: set[int] = set()
+    for i, later in repeats.items():
+        group = [i, *later]
+        counts.repeated += len(later)
+        counts.exact += len(group) - len({(rows[k].rating, rows[k].timestamp) for k in group})
+        if rule != "keep":
+            pick = max if rule == "latest" else min
+            kept = pick(group, key=lambda k: (rows[k].timestamp, k))
+            drop.update(k for k in group if k != kept)
+    if drop:
+        data.interactions = [row for k, row in enumerate(rows) if k not in drop]
+    counts.dropped = len(drop)
+    data.duplicates, data.origin = counts, None
+    if counts.pairs:
+        log.log(
+            logging.WARNING if rule == "keep" else logging.INFO,
+            "%s: %d (user, item) pairs repeat (%d repeated interactions, %d exact copies); duplicates=%r %s",
+            data.name,
+            counts.pairs,
+            counts.repeated,
+            counts.exact,
+            rule,
+            "kept them all" if rule == "keep" else f"dropped {counts.dropped}",
+        )
+    return data
+
+
+_ONE_PER_PAIR = (
+    "one interaction per (user, item) (--data.source.duplicates=error; latest, first or keep resolve repeats)"
+)
+
+
+def _repeat_error(data: InteractionData, first: int, again: int) -> DataFormatError:
+    row = data.interactions[again]
+    pair = f"user {row.user!r} and item {row.item!r} again"
+    if data.origin is None:  # generated data: positions stand in for lines
+        return DataFormatError(
+            data.name, None, None, _ONE_PER_PAIR, f"{pair}: interactions {first + 1} and {again + 1}"
+        )
+    line, earlier = data.origin.lines[again], data.origin.lines[first]
+    return DataFormatError(data.origin.path, line, None, _ONE_PER_PAIR, f"{pair}, first on line {earlier}")

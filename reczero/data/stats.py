@@ -1,14 +1,23 @@
-"""`reczero data stats` and `reczero data preview`: what a data configuration turns into."""
+"""`reczero data stats` and `reczero data preview`: what a data configuration turns into.
+
+Besides counts, `data stats` reports what can make an evaluation look better or worse than it is:
+what the duplicate rule found and dropped, how many interactions share their timestamp with another
+of the same user, and per split the share of samples whose prompt shows no user history. Prompts
+show strictly earlier interactions only, so on coarse timestamps (a day) or tied ones most samples
+can end up with none; `data stats` then warns.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections import Counter
 
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import prompt_input
-from reczero.data.samples import split_counts
+from reczero.data.samples import SPLITS, SampleTable, split_counts
+from reczero.data.schema import Interaction, InteractionData
 
 
 def _summary(values: list[float]) -> str:
@@ -22,12 +31,14 @@ def _summary(values: list[float]) -> str:
 def data_stats(
     dm: RatingDataModule, tokenizer=None, prompt_splits: tuple[str, ...] = ("train", "validation", "test")
 ) -> dict:
-    """Counts, histogram, split sizes, history lengths and (with a tokenizer) prompt token lengths."""
+    """Counts, duplicates and ties, histogram, split sizes, history lengths, warnings and (with a tokenizer)
+    prompt token lengths; a JSON-ready dict (`format_stats` prints it)."""
     t0 = time.perf_counter()
     dm.setup()
     build_seconds = time.perf_counter() - t0
     data, table = dm.data, dm.table
     rows = data.interactions
+    tied = same_time_share(rows)
     out = {
         "dataset": data.name,
         "scale": data.scale.name,
@@ -37,13 +48,17 @@ def data_stats(
         "items_with_metadata": len(data.items),
         "reviews": sum(1 for r in rows if r.review),
         "skipped_rows": data.skipped_rows,
+        "duplicates": dataclasses.asdict(data.duplicates),
+        "same_time_share": round(tied, 4),
         "rating_histogram": dict(sorted(Counter(r.rating for r in rows).items())),
         "samples": split_counts(table),
         "dropped_short_history": table.dropped_short,
+        "no_user_history_share": {s: round(v, 4) for s, v in no_user_history_share(table).items()},
         "user_history_len": _summary([len(h) for h in table.user_history]),
         "item_history_len": _summary([len(h) for h in table.item_history]),
         "load_and_build_seconds": round(build_seconds, 2),
     }
+    out["warnings"] = warnings(data, table, tied)
     if tokenizer is not None:
         dm.set_tokenizer(tokenizer)
         renderer = dm.renderer
@@ -62,13 +77,55 @@ def data_stats(
     return out
 
 
+NO_HISTORY_WARN = 0.5  # warn when more than this share of a split's samples show no user history
+
+
+def same_time_share(rows: list[Interaction]) -> float:
+    """Share of interactions whose user has another interaction with the same timestamp (0 when empty)."""
+    per_user_time = Counter((r.user, r.timestamp) for r in rows)
+    tied = sum(n for n in per_user_time.values() if n > 1)
+    return tied / len(rows) if rows else 0.0
+
+
+def no_user_history_share(table: SampleTable) -> dict[str, float]:
+    """Per non-empty split, the share of samples with no strictly earlier interaction of their user."""
+    total, empty = Counter(table.split), Counter(s for s, n in zip(table.split, table.user_count) if n == 0)
+    return {s: empty[s] / total[s] for s in SPLITS if total[s]}
+
+
+def warnings(data: InteractionData, table: SampleTable, tied: float) -> list[str]:
+    """What makes the samples suspect: prompts mostly without user history, kept duplicates.
+
+    `tied` is `same_time_share(data.interactions)`, named in the message as the likely cause.
+    """
+    out = []
+    for split, share in no_user_history_share(table).items():
+        if share > NO_HISTORY_WARN:
+            out.append(
+                f"{share:.1%} of the {split} samples show no user history (none of the user's interactions "
+                f"is strictly earlier): likely coarse timestamps or ties (same_time_share {tied:.2f}); check "
+                "the file's time resolution and --data.source.timestamp_unit"
+            )
+    dup = data.duplicates
+    if dup.rule == "keep" and dup.repeated:
+        out.append(
+            f"{dup.repeated} repeated (user, item) interactions kept (--data.source.duplicates=keep): a "
+            "leave-last split can put a copy of a test rating in train"
+        )
+    return out
+
+
 def format_stats(stats: dict) -> str:
+    """`key  value` lines, then one `WARNING: ...` line per warning."""
+    stats = dict(stats)
+    notes = stats.pop("warnings", [])
     width = max(len(k) for k in stats)
     lines = []
     for key, value in stats.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k:g}: {v}" if isinstance(k, float) else f"{k}: {v}" for k, v in value.items())
         lines.append(f"{key.ljust(width)}  {value}")
+    lines.extend(f"WARNING: {note}" for note in notes)
     return "\n".join(lines)
 
 

@@ -15,7 +15,9 @@ Every reader
 - checks every rating against the scale: the declared one, else the format's own (MovieLens 100K/1M,
   Amazon, Yelp 1-5; MovieLens 10M/latest 0.5-5); the generic readers detect it when none is declared;
 - rejects an empty file, a file with no valid row, an undecodable file (naming the encodings tried)
-  and a missing file (naming the expected paths and the format).
+  and a missing file (naming the expected paths and the format);
+- returns every valid row, repeated (user, item) pairs included, with the line each came from
+  (`InteractionData.origin`): `sources.load_source` applies the one duplicate rule to every source.
 """
 
 from reczero.data.readers.amazon import read_amazon_2018, read_amazon_2023

@@ -59,7 +59,7 @@ def read_amazon_2018(
             review=_join_review(_jtext(obj, "summary", reviews, line), _jtext(obj, "reviewText", reviews, line)),
         )
 
-    rows, skipped = _read_interactions(reviews, UTF8, _nonblank, parse, on_bad_row, max_rows)
+    rows, skipped, origin = _read_interactions(reviews, UTF8, _nonblank, parse, on_bad_row, max_rows)
     items: dict[str, Item] = {}
     if items_path is not None:
         meta = existing_file("amazon-2018", items_path, "metadata JSONL file")
@@ -82,7 +82,7 @@ def read_amazon_2018(
         wanted = {r.item for r in rows}
         items, skipped_items = _read_items(meta, UTF8, _nonblank, parse_item, wanted, on_bad_row)
         skipped += skipped_items
-    return _data(f"amazon-2018:{_stem(reviews)}", rows, items, sc, skipped)
+    return _data(f"amazon-2018:{_stem(reviews)}", rows, items, sc, skipped, origin)
 
 
 def _review_time(text: str, path: Path, line: int) -> int:
@@ -113,7 +113,7 @@ def read_amazon_2023(
             review=_join_review(_jtext(obj, "title", reviews, line), _jtext(obj, "text", reviews, line)),
         )
 
-    rows, skipped = _read_interactions(reviews, UTF8, _nonblank, parse, on_bad_row, max_rows)
+    rows, skipped, origin = _read_interactions(reviews, UTF8, _nonblank, parse, on_bad_row, max_rows)
     items: dict[str, Item] = {}
     if items_path is not None:
         meta = existing_file("amazon-2023", items_path, "metadata JSONL file")
@@ -141,4 +141,4 @@ def read_amazon_2023(
         wanted = {r.item for r in rows}
         items, skipped_items = _read_items(meta, UTF8, _nonblank, parse_item, wanted, on_bad_row)
         skipped += skipped_items
-    return _data(f"amazon-2023:{_stem(reviews)}", rows, items, sc, skipped)
+    return _data(f"amazon-2023:{_stem(reviews)}", rows, items, sc, skipped, origin)

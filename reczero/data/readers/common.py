@@ -3,7 +3,8 @@
 `_read` runs a parser over a file's lines in the first encoding that decodes it whole (gzip by the
 `.gz` suffix); `_Tally` raises on a bad row in strict mode and counts it in skip mode; `_require` and
 `existing_file` find a format's files or say which are missing; `_read_interactions` / `_read_items`
-drive a per-row parser (`fields`) over a file and return the rows with the skipped count.
+drive a per-row parser (`fields`) over a file and return the rows with the skipped count (and,
+for interactions, the line each row came from).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from reczero.data.schema import DataFormatError, Interaction, InteractionData, Item, RatingScale
+from reczero.data.schema import DataFormatError, Interaction, InteractionData, Item, RatingScale, RowOrigin
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -178,14 +179,18 @@ def _check_policy(on_bad_row: str, max_rows: int | None) -> None:
 def _read_interactions(
     path: Path, encodings: tuple[str, ...], records: Callable[[Iterator[tuple[int, str]]], Iterable[tuple[int, Any]]],
     parse: Callable[[int, Any], Interaction], on_bad_row: str, max_rows: int | None,
-) -> tuple[list[Interaction], int]:  # fmt: skip
-    def run(lines: Iterator[tuple[int, str]]) -> tuple[list[Interaction], int]:
-        tally, rows = _Tally(path, on_bad_row), []
-        for row in tally.rows(records(lines), parse):
+) -> tuple[list[Interaction], int, RowOrigin]:  # fmt: skip
+    """(rows, skipped count, the line each row came from)."""
+
+    def run(lines: Iterator[tuple[int, str]]) -> tuple[list[Interaction], int, RowOrigin]:
+        tally, rows, origin = _Tally(path, on_bad_row), [], RowOrigin(str(path))
+        keep_line = origin.lines.append
+        for line, row in tally.rows(records(lines), lambda n, record: (n, parse(n, record))):
             rows.append(row)
+            keep_line(line)
             if max_rows is not None and len(rows) >= max_rows:
                 break
-        return rows, tally.finish()
+        return rows, tally.finish(), origin
 
     return _read(path, encodings, run)
 
@@ -207,9 +212,9 @@ def _read_items(
 
 
 def _data(
-    name: str, rows: list[Interaction], items: dict[str, Item], scale: RatingScale, skipped: int
+    name: str, rows: list[Interaction], items: dict[str, Item], scale: RatingScale, skipped: int, origin: RowOrigin
 ) -> InteractionData:
-    return InteractionData(name=name, interactions=rows, items=items, scale=scale, skipped_rows=skipped)
+    return InteractionData(name=name, interactions=rows, items=items, scale=scale, skipped_rows=skipped, origin=origin)
 
 
 def _stem(path: Path) -> str:

@@ -53,12 +53,21 @@ def _rating(text: str, path: Path, line: int, field: str, scale: RatingScale | N
     return _checked(value, path, line, field, scale)
 
 
-def _unix(value: float, path: Path, line: int, field: str, raw: object) -> int:
+def _unix(value: float, path: Path, line: int, field: str, raw: object, ms_hint: str = "") -> int:
     if not math.isfinite(value) or value < 0:
         raise DataFormatError(path, line, field, "unix seconds (a non-negative integer)", raw)
     if value >= _MAX_UNIX_SECONDS:
-        raise DataFormatError(path, line, field, "unix seconds (this looks like milliseconds)", raw)
+        raise DataFormatError(path, line, field, f"unix seconds (this looks like milliseconds{ms_hint})", raw)
     return int(value)
+
+
+def _iso(text: str) -> float | None:
+    """Unix seconds of an ISO-8601 date or datetime ('Z' or an offset; naive is UTC), None if it is not one."""
+    try:  # Python 3.10's fromisoformat knows neither 'Z' nor a 'T'-less date with a zone: spell 'Z' out
+        stamp = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        return None
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _seconds(text: str, path: Path, line: int, field: str, iso: bool = False) -> int:
@@ -71,15 +80,58 @@ def _seconds(text: str, path: Path, line: int, field: str, iso: bool = False) ->
     if number is not None:
         return _unix(number, path, line, field, text)
     if iso and text:
-        try:
-            stamp = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-        except ValueError:
-            pass
-        else:
-            stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
-            return _unix(stamp.timestamp(), path, line, field, text)
+        seconds = _iso(text)
+        if seconds is not None:
+            return _unix(seconds, path, line, field, text)
     expected = "unix seconds or an ISO date" if iso else "unix seconds (an integer)"
     raise DataFormatError(path, line, field, expected, text or MISSING)
+
+
+TIMESTAMP_UNITS = ("s", "ms", "iso")
+_MIN_UNIX_MS = 10**11  # 1973-03-03 in milliseconds: a smaller value is almost surely seconds
+_ISO_FORM = "an ISO-8601 date or datetime (2016-07-02, 2016-07-02T10:38:24, optionally with Z or +02:00)"
+_UNIT_HINT = "; declare --data.source.timestamp_unit={}"
+
+
+def _timestamp(value: object, unit: str, path: Path, line: int, field: str) -> int:
+    """Unix seconds from a generic file's timestamp (a text cell or a JSON value) in the declared unit.
+
+    's': unix seconds, or an ISO date (the generic readers' default); 'ms': unix milliseconds, floor-divided
+    by 1000 (sub-second order is lost, like every second-resolution source); 'iso': ISO-8601 text only.
+    A value of the wrong kind names the file, line and field and says which unit it looks like.
+    """
+    text = value.strip() if isinstance(value, str) else None
+    number: float | None = None
+    if text is not None:
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = _jnumber({field: value}, field, path, line)
+    shown = MISSING if value is None or text == "" else value
+    if unit == "iso":
+        seconds = _iso(text) if text else None
+        if seconds is None:
+            hint = "; for numbers declare --data.source.timestamp_unit=s or ms" if number is not None else ""
+            raise DataFormatError(path, line, field, _ISO_FORM + hint, shown)
+        return _unix(seconds, path, line, field, value)
+    if unit == "ms":
+        if number is None:
+            raise DataFormatError(path, line, field, "unix milliseconds (a non-negative integer)", shown)
+        if math.isfinite(number) and 0 <= number < _MIN_UNIX_MS:
+            raise DataFormatError(
+                path, line, field, "unix milliseconds (this looks like seconds" + _UNIT_HINT.format("s") + ")", value
+            )
+        if not math.isfinite(number) or number < 0:
+            raise DataFormatError(path, line, field, "unix milliseconds (a non-negative integer)", value)
+        return _unix(number // 1000, path, line, field, value)
+    if number is not None:
+        return _unix(number, path, line, field, value, ms_hint=_UNIT_HINT.format("ms"))
+    seconds = _iso(text) if text else None
+    if seconds is None:
+        raise DataFormatError(path, line, field, "unix seconds or " + _ISO_FORM, shown)
+    return _unix(seconds, path, line, field, value)
 
 
 def _json_object(text: str, path: Path, line: int) -> dict[str, Any]:

@@ -20,17 +20,17 @@ from reczero.data.readers.common import (
     existing_file,
 )
 from reczero.data.readers.fields import (
+    TIMESTAMP_UNITS,
     _csv_split,
     _genres,
     _id,
     _jid,
     _jrating,
-    _jseconds,
     _json_object,
     _jstrings,
     _jtext,
     _rating,
-    _seconds,
+    _timestamp,
     _year,
 )
 from reczero.data.schema import DataFormatError, Interaction, InteractionData, Item, RatingScale
@@ -161,7 +161,7 @@ def _gid(table: _Table, value: Any, line: int, ours: str) -> str:
 def read_generic(
     path: str | Path, columns: dict[str, str] | None = None, *, items_path: str | Path | None = None,
     item_columns: dict[str, str] | None = None, kind: str | None = None, scale: str | RatingScale | None = None,
-    on_bad_row: str = "error", max_rows: int | None = None,
+    on_bad_row: str = "error", max_rows: int | None = None, timestamp_unit: str = "s",
 ) -> InteractionData:  # fmt: skip
     """A CSV (header row; comma, tab, ';' or '|') or JSONL file, mapped by `columns`.
 
@@ -170,12 +170,16 @@ def read_generic(
 
     `columns` maps our fields (user, item, rating; optional timestamp, review) to the file's names;
     without it the file's own `user`, `item`, `rating` (and `timestamp`, `review` when the header or
-    the first object has them) are used. A timestamp is unix seconds or an ISO date (UTC if no zone);
-    with no timestamp column the line number stands in, so file order acts as time. Without a declared
+    the first object has them) are used. The timestamp's `timestamp_unit`: 's' unix seconds or an ISO
+    date (the default), 'ms' unix milliseconds (floor-divided to seconds), 'iso' ISO-8601 dates and
+    datetimes only ('2016-07-02', '2016-07-02T10:38:24', '2016-07-02 10:38:24', with 'Z' or an
+    offset; UTC if no zone). With no timestamp column the line number stands in, so file order acts as time. Without a declared
     `scale` the smallest known scale holding every rating is detected. The optional items file maps
     item, title, genres ('|'-separated or a list), brand, price, description, year the same way.
     """
     _check_policy(on_bad_row, max_rows)
+    if timestamp_unit not in TIMESTAMP_UNITS:
+        raise ValueError(f"timestamp_unit must be one of {', '.join(TIMESTAMP_UNITS)}, got {timestamp_unit!r}")
     if kind not in (None, "csv", "jsonl"):
         raise ValueError(f"kind must be 'csv', 'jsonl' or None, got {kind!r}")
     fmt = kind or (table_kind(path) if path is not None else "csv")
@@ -193,11 +197,7 @@ def read_generic(
             value = _jrating({field("rating"): rating}, field("rating"), src, line, sc)
         stamp = line
         if "timestamp" in table.mapping:
-            raw = get("timestamp")
-            if isinstance(raw, str) or raw is None:
-                stamp = _seconds(raw or "", src, line, field("timestamp"), iso=True)
-            else:
-                stamp = _jseconds({field("timestamp"): raw}, field("timestamp"), src, line)
+            stamp = _timestamp(get("timestamp"), timestamp_unit, src, line, field("timestamp"))
         review = get("review")
         if review is not None and not isinstance(review, str):
             review = _jtext({field("review"): review}, field("review"), src, line)
@@ -210,7 +210,7 @@ def read_generic(
         )
 
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))  # long reviews in one cell
-    rows, skipped = _read_interactions(src, UTF8, table.records, parse, on_bad_row, max_rows)
+    rows, skipped, origin = _read_interactions(src, UTF8, table.records, parse, on_bad_row, max_rows)
     if sc is None:
         try:
             sc = RatingScale.detect(r.rating for r in rows)
@@ -224,7 +224,7 @@ def read_generic(
             existing_file(fmt, items_path, "items file"), item_columns, {r.item for r in rows}, on_bad_row
         )
         skipped += skipped_items
-    return _data(f"{fmt}:{_stem(src)}", rows, items, sc, skipped)
+    return _data(f"{fmt}:{_stem(src)}", rows, items, sc, skipped, origin)
 
 
 def _read_generic_items(

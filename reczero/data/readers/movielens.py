@@ -70,7 +70,7 @@ def read_movielens_100k(
     data_path, item_path = files[0], files[1]
     sc = _scale(scale, "1-5")
     parse = _delimited_rating(data_path, "\t", ("user", "item", "rating", "timestamp"), sc)
-    rows, skipped = _read_interactions(data_path, UTF8_THEN_LATIN1, _nonblank, parse, on_bad_row, max_rows)
+    rows, skipped, origin = _read_interactions(data_path, UTF8_THEN_LATIN1, _nonblank, parse, on_bad_row, max_rows)
     genre_names = _ml100k_genres(files[2]) if len(files) > 2 else ML100K_GENRES
     columns = ("movie id", "title", "release date", "video release date", "IMDb URL", *genre_names)
     split = _split_rows(item_path, "|", columns)
@@ -89,7 +89,7 @@ def read_movielens_100k(
 
     wanted = {r.item for r in rows}
     items, skipped_items = _read_items(item_path, UTF8_THEN_LATIN1, _nonblank, parse_item, wanted, on_bad_row)
-    return _data("movielens-100k", rows, items, sc, skipped + skipped_items)
+    return _data("movielens-100k", rows, items, sc, skipped + skipped_items, origin)
 
 
 def _ml100k_genres(path: Path) -> tuple[str, ...]:
@@ -127,7 +127,7 @@ def read_movielens_dat(
     ratings_path, movies_path = movielens_dat_files(path, fmt)
     sc = _scale(scale, "0.5-5" if ten_m else "1-5")
     parse = _delimited_rating(ratings_path, "::", ("UserID", "MovieID", "Rating", "Timestamp"), sc)
-    rows, skipped = _read_interactions(ratings_path, UTF8_THEN_LATIN1, _nonblank, parse, on_bad_row, max_rows)
+    rows, skipped, origin = _read_interactions(ratings_path, UTF8_THEN_LATIN1, _nonblank, parse, on_bad_row, max_rows)
 
     def parse_movie(line: int, text: str) -> Item:
         item_id, _, rest = text.partition("::")
@@ -141,7 +141,7 @@ def read_movielens_dat(
 
     wanted = {r.item for r in rows}
     items, skipped_items = _read_items(movies_path, UTF8_THEN_LATIN1, _nonblank, parse_movie, wanted, on_bad_row)
-    return _data(fmt, rows, items, sc, skipped + skipped_items)
+    return _data(fmt, rows, items, sc, skipped + skipped_items, origin)
 
 
 def movielens_csv_files(path: str | Path) -> list[Path]:
@@ -199,7 +199,7 @@ def read_movielens_csv(
             timestamp=_seconds(stamp, ratings_path, line, "timestamp"),
         )
 
-    rows, skipped = _read_interactions(
+    rows, skipped, origin = _read_interactions(
         ratings_path, UTF8, _csv_lines(ratings_path, r_cols), parse, on_bad_row, max_rows
     )
     m_cols = ("movieId", "title", "genres")
@@ -214,4 +214,4 @@ def read_movielens_csv(
     wanted = {r.item for r in rows}
     records = _csv_lines(movies_path, m_cols)
     items, skipped_items = _read_items(movies_path, UTF8, records, parse_movie, wanted, on_bad_row)
-    return _data("movielens-csv", rows, items, sc, skipped + skipped_items)
+    return _data("movielens-csv", rows, items, sc, skipped + skipped_items, origin)

@@ -54,7 +54,7 @@ def read_yelp(
             review=_jtext(obj, "text", reviews, line),
         )
 
-    rows, skipped = _read_interactions(reviews, UTF8, _nonblank, parse, on_bad_row, max_rows)
+    rows, skipped, origin = _read_interactions(reviews, UTF8, _nonblank, parse, on_bad_row, max_rows)
 
     def parse_business(line: int, text: str) -> Item:
         obj = _json_object(text, business, line)
@@ -78,4 +78,4 @@ def read_yelp(
 
     wanted = {r.item for r in rows}
     items, skipped_items = _read_items(business, UTF8, _nonblank, parse_business, wanted, on_bad_row)
-    return _data("yelp", rows, items, sc, skipped + skipped_items)
+    return _data("yelp", rows, items, sc, skipped + skipped_items, origin)
