@@ -260,3 +260,73 @@ def test_bad_arguments_fail_early_with_a_clear_message():
         _run(train, valid, test, valid_truth=[3.0])
     with pytest.warns(UserWarning, match="skipping item_knn"):
         assert _run(train, valid, test, grids={"item_knn": {"max_cells": [10]}}) == []
+
+
+def _tied_csv(path) -> None:
+    """12 users x 10 ratings; a third of the data sits at a few timestamps, so both time cuts land on ties."""
+    rng = np.random.default_rng(0)
+    lines = ["user,item,rating,timestamp"]
+    for u in range(12):
+        for k in range(10):
+            stamp = 1000 + (k // 3) * 10 if k < 9 else 1100  # three ratings share each stamp; the last at 1100
+            lines.append(f"u{u},i{(u + k) % 15},{int(rng.integers(1, 6))},{stamp + (u % 3)}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_time_split_baselines_never_see_the_test_period_ties_included(tmp_path):
+    from reczero.data.datamodule import RatingDataModule
+    from reczero.data.samples import SampleConfig
+    from reczero.data.sources import SourceConfig
+    from reczero.evaluation.baselines import baseline_split, baselines_main
+
+    _tied_csv(tmp_path / "r.csv")
+    source = SourceConfig(format="csv", path=str(tmp_path / "r.csv"))
+    samples = SampleConfig(split="time", time_quantiles=(0.5, 0.75), min_history=1)
+    dm = RatingDataModule(source=source, samples=samples, cache_dir=str(tmp_path / "cache"))
+    split = baseline_split(dm)
+    rows = dm.data.interactions
+    stamps = {(r.user, r.item): r.timestamp for r in rows}
+    test_times = [stamps[pair] for pair in split["test"]["pairs"]]
+    start = min(test_times)
+    assert start == split["test_start"]
+    tied = [r for r in rows if r.timestamp == start]
+    assert len(tied) > 1  # the cut falls on a tie: every row at that second is in the test period
+    assert all(stamps[(u, i)] < start for u, i, _ in split["refit"])
+    assert all(stamps[(u, i)] < min(stamps[p] for p in split["validation"]["pairs"]) for u, i, _ in split["train"])
+    assert len(split["refit"]) == sum(r.timestamp < start for r in rows)  # every earlier row, not only samples
+    # the command fits on exactly that: a user-mean refit on `refit` matches a hand computation
+    out = baselines_main(["--data.source.format=csv", f"--data.source.path={tmp_path / 'r.csv'}",
+                          "--data.samples.split=time", "--data.samples.time_quantiles=[0.5, 0.75]",
+                          "--data.samples.min_history=1", f"--data.cache_dir={tmp_path / 'cache'}",
+                          "--methods", "user_mean"])  # fmt: skip
+    by_user: dict[str, list[float]] = {}
+    for u, _, r in split["refit"]:
+        by_user.setdefault(u, []).append(r)
+    mu = float(np.mean([r for _, _, r in split["refit"]]))
+    expected = [float(np.clip(np.mean(by_user[u]) if u in by_user else mu, 1, 5)) for u, _ in split["test"]["pairs"]]
+    got = next(r for r in out["results"] if r["name"] == "user_mean")["test_pred"]
+    assert got == pytest.approx(expected, abs=1e-4)
+    names = {r["name"] for r in out["results"]}
+    assert {"user_mean (rounded)", "teacher_rule", "bias_shown", "item_mean_shown"} <= names
+
+
+def test_shown_predictors_use_what_the_prompt_shows(tmp_path):
+    from reczero.data.datamodule import RatingDataModule
+    from reczero.data.samples import SampleConfig
+    from reczero.data.sources import SourceConfig
+    from reczero.evaluation.baselines import shown_predictors
+
+    _tied_csv(tmp_path / "r.csv")
+    source = SourceConfig(format="csv", path=str(tmp_path / "r.csv"))
+    dm = RatingDataModule(source=source, samples=SampleConfig(split="time", min_history=1), use_cache=False)
+    dm.setup()
+    positions = dm.positions("test")
+    got = shown_predictors(dm, positions)
+    t = dm.table
+    for k, pos in enumerate(positions):
+        if t.user_count[pos] and t.item_count[pos]:
+            assert got["user_mean_shown"][k] == pytest.approx(t.user_avg[pos])
+            assert got["item_mean_shown"][k] == pytest.approx(t.item_avg[pos])
+            bias = t.item_avg[pos] + t.user_avg[pos] - dm.typical_rating
+            assert got["bias_shown"][k] == pytest.approx(min(max(bias, 1.0), 5.0))
+    assert set(np.unique(got["teacher_rule"])) <= {1.0, 2.0, 3.0, 4.0, 5.0}

@@ -3,17 +3,28 @@
 `run_baselines` tunes each predictor (`predictors`) on the validation split only and reports
 validation and test MAE / RMSE in the same form as the LLM evaluation.
 
-Protocol of `run_baselines` (the usual one for a chronological leave-last-out split):
+Protocol of `run_baselines`:
   1. fit every candidate of a method's grid on `train`, score it on the validation targets;
   2. keep the candidate with the lowest validation metric (`select_by`, MAE by default, the paper's
      headline metric; ties keep the earlier grid point);
-  3. refit that candidate on train + validation rows (everything that happened before the test
-     interactions, the same history the LLM prompt may show) and score it on the test targets.
+  3. refit that candidate on `refit` rows and score it on the test targets.
 Before step 3 the test ratings are only checked for count and finiteness; they never take part in
-the choice. Every prediction is clipped to the rating scale.
+the choice. Every prediction is clipped to the rating scale; a "(rounded)" twin of each continuous
+method rounds it to the scale's grid as well (an integer guess lowers MAE, as the LLM's do).
 
-The command (`baselines_main`) runs it on the DataModule's chronological split (see
-`baseline_split`) and writes its table and JSON, which `reczero report` reads.
+What the command (`baselines_main`, on the DataModule's split, see `baseline_split`) fits on:
+  - `split: time` (the headline protocol): tuning fits on the training period (timestamps before
+    the first cut) and scores the validation samples; the refit uses every interaction before the
+    test period (training + validation periods, all of them, not only the validation samples).
+    Every row a method learns from is strictly earlier than every test interaction, ties included.
+  - `split: leave_last`: tuning fits on every user's ratings but their last two, the refit adds each
+    user's second to last. NOT leakage-free for classical methods: another user's training rating can
+    be later than a test interaction (on ML-100K, 901 of 943 test items have later training ratings).
+    Use it for comparison with papers that report it, not as evidence that one method beats another.
+It also scores four predictors that use exactly what each sample's prompt shows (`shown_predictors`):
+the user's and the item's averages over all strictly earlier ratings, their bias combination and the
+rule-based RecOne teacher. The LLM sees the same facts, so these are its like-for-like peers; the
+fitted methods under the time split see less (nothing from the test period).
 """
 
 from __future__ import annotations
@@ -33,8 +44,10 @@ from typing import Any
 import numpy as np
 
 from reczero.data.arguments import add_data_arguments, parse_with_config
+from reczero.data.render import prompt_input
 from reczero.data.samples import assign_splits
 from reczero.evaluation.predictors import PREDICTORS, Predictor, TooLargeError, encode
+from reczero.prompts import rationale, round_to_scale
 
 __all__ = ["DEFAULT_GRIDS", "BaselineResult", "format_table", "run_baselines"]
 
@@ -121,10 +134,12 @@ def run_baselines(
     grids: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
     seed: int = 0,
     select_by: str = "mae",
+    refit: Sequence[tuple[Hashable, Hashable, float]] | None = None,
 ) -> list[BaselineResult]:
-    """Tune each method on validation, refit on train + validation, score on test (module docstring).
+    """Tune each method on validation, refit, score on test (module docstring).
 
-    train: (user, item, rating) rows before the validation interactions. valid/test targets:
+    train: (user, item, rating) rows before the validation interactions. refit: the rows the chosen
+    candidate is refit on before the test (None: train + the validation targets). valid/test targets:
     (user, item) pairs with their true ratings in the same order. grids: method name (a key of
     `PREDICTORS`) -> {hyper-parameter: candidate values}; the methods named are run in that order
     ({} runs a method with its defaults); None runs `DEFAULT_GRIDS`. A method whose dense data
@@ -141,7 +156,7 @@ def run_baselines(
     valid_y = _truth(valid_truth, valid_targets, "validation")
     n_test = len(_truth(test_truth, test_targets, "test"))  # shape check only; values are read after selection
     fit_train, (valid_codes,), _, _ = encode(train, [valid_targets])
-    full_rows = [*train, *((u, i, r) for (u, i), r in zip(valid_targets, valid_y))]
+    full_rows = [*train, *((u, i, r) for (u, i), r in zip(valid_targets, valid_y))] if refit is None else refit
     fit_full, (test_codes,), _, _ = encode(full_rows, [test_targets])
     pick = 0 if select_by == "mae" else 1
 
@@ -188,6 +203,65 @@ def run_baselines(
     return results
 
 
+def with_rounded(
+    results: Sequence[BaselineResult], valid_truth: Sequence[float], test_truth: Sequence[float], scale
+) -> list[BaselineResult]:
+    """`results` plus, for each method whose predictions are not already on the scale's grid, a
+    "<name> (rounded)" twin: the same predictions rounded to the grid (`prompts.round_to_scale`)."""
+    valid_y, test_y = np.asarray(valid_truth, np.float64), np.asarray(test_truth, np.float64)
+    out = list(results)
+    for res in results:
+        grid = lambda pred: np.array([round_to_scale(float(x), scale) for x in pred])  # noqa: E731
+        valid_r, test_r = grid(res.valid_pred), grid(res.test_pred)
+        if np.array_equal(test_r, res.test_pred) and np.array_equal(valid_r, res.valid_pred):
+            continue
+        (valid_mae, valid_rmse), (test_mae, test_rmse) = _errors(valid_r, valid_y), _errors(test_r, test_y)
+        twin = dataclasses.replace(res, name=f"{res.name} (rounded)", valid_pred=valid_r, test_pred=test_r)
+        out.append(dataclasses.replace(twin, valid_mae=valid_mae, valid_rmse=valid_rmse, test_mae=test_mae))
+        out[-1].test_rmse = test_rmse
+    return out
+
+
+def shown_predictors(dm, positions: Sequence[int]) -> dict[str, np.ndarray]:
+    """Ratings predicted from what each sample's prompt shows (all earlier ratings, strictly before it).
+
+    user_mean_shown / item_mean_shown: the user's / the item's average (the other one, then the
+    typical rating, where it has none); bias_shown: item average + user average - typical rating;
+    teacher_rule: the rule-based RecOne teacher's rating (`prompts.rationale`, rounded to the scale).
+    The typical rating is the train split's mean (`RatingDataModule.typical_rating`).
+    """
+    table, typical, scale = dm.table, dm.typical_rating, dm.scale
+    out: dict[str, list[float]] = {"user_mean_shown": [], "item_mean_shown": [], "bias_shown": [], "teacher_rule": []}
+    for pos in positions:
+        user = table.user_avg[pos] if table.user_count[pos] else None
+        item = table.item_avg[pos] if table.item_count[pos] else None
+        u = user if user is not None else typical
+        i = item if item is not None else typical
+        out["user_mean_shown"].append(user if user is not None else item if item is not None else typical)
+        out["item_mean_shown"].append(item if item is not None else user if user is not None else typical)
+        out["bias_shown"].append(scale.clip(i + u - typical))
+        out["teacher_rule"].append(rationale(prompt_input(dm.data, table, pos), typical)[1])
+    return {name: np.clip(np.asarray(values, np.float64), scale.low, scale.high) for name, values in out.items()}
+
+
+def score_shown(dm, split: dict) -> list[BaselineResult]:
+    """`shown_predictors` on the validation and test samples, as results (nothing is fit or tuned)."""
+    start = time.perf_counter()
+    valid = shown_predictors(dm, split["validation"]["positions"])
+    test = shown_predictors(dm, split["test"]["positions"])
+    valid_y = np.asarray(split["validation"]["truth"], np.float64)
+    test_y = np.asarray(split["test"]["truth"], np.float64)
+    seconds = time.perf_counter() - start
+    results = []
+    for name in valid:
+        (valid_mae, valid_rmse), (test_mae, test_rmse) = _errors(valid[name], valid_y), _errors(test[name], test_y)
+        results.append(
+            BaselineResult(name, {}, valid_mae, valid_rmse, test_mae, test_rmse, len(valid_y), len(test_y), seconds)
+        )
+        results[-1].valid_pred, results[-1].test_pred = valid[name], test[name]
+    return results
+
+
 def format_table(results: Sequence[BaselineResult]) -> str:
     """A markdown table: one row per method with its chosen hyper-parameters and scores."""
     lines = [
@@ -207,21 +281,28 @@ def format_table(results: Sequence[BaselineResult]) -> str:
 
 # -- CLI: reczero baselines -----------------------------------------------------------------------
 def baseline_split(dm) -> dict:
-    """The classical predictors' view of the DataModule's split.
+    """The classical predictors' view of the DataModule's split (see the module docstring).
 
-    train: every interaction whose split is `train` (leave_last: each user's ratings but the last two;
-    time: those before the first cut), as (user, item, rating). validation / test: the DataModule's
-    validation / test samples (after min_history and any max_samples cap): their (user, item) pairs,
-    true ratings and sample keys. `run_baselines` refits on train + the validation targets for test.
+    train: the rows tuning fits on, as (user, item, rating): the `train` split's interactions (time:
+    the training period; leave_last: every user's ratings but the last two). refit: what the chosen
+    candidate is refit on before the test: every `train` and `validation` interaction (time: all of
+    them are earlier than every test interaction). validation / test: the DataModule's validation /
+    test samples (after min_history and any max_samples cap): positions, (user, item) pairs, true
+    ratings and sample keys, the very samples an LLM is evaluated on.
     """
     dm.setup()
     rows = dm.data.interactions
     splits = assign_splits(dm.data, dm.sample_config)
-    out = {"train": [(r.user, r.item, r.rating) for r, s in zip(rows, splits) if s == "train"]}
+    out = {
+        "train": [(r.user, r.item, r.rating) for r, s in zip(rows, splits) if s == "train"],
+        "refit": [(r.user, r.item, r.rating) for r, s in zip(rows, splits) if s in ("train", "validation")],
+        "test_start": min((r.timestamp for r, s in zip(rows, splits) if s == "test"), default=None),
+    }
     for split in ("validation", "test"):
         positions = dm.positions(split)
         targets = [rows[dm.table.target[p]] for p in positions]
         out[split] = {
+            "positions": positions,
             "pairs": [(r.user, r.item) for r in targets],
             "truth": [r.rating for r in targets],
             "keys": [dm.sample_key(p) for p in positions],
@@ -231,16 +312,22 @@ def baseline_split(dm) -> dict:
 
 def split_description(dm, split: dict) -> str:
     cfg = dm.sample_config
-    how = (
-        "leave-last chronological split (per user: last rating -> test, second to last -> validation)"
-        if cfg.split == "leave_last"
-        else f"global time split at quantiles {cfg.time_quantiles}"
-    )
+    n_valid, n_test = len(split["validation"]["pairs"]), len(split["test"]["pairs"])
+    if cfg.split == "time":
+        how = (
+            f"global time split at quantiles {cfg.time_quantiles}: tuned with {len(split['train'])} training-period "
+            f"interactions on {n_valid} validation samples, refit on all {len(split['refit'])} interactions before "
+            f"the test period (nothing at or after {split['test_start']})"
+        )
+    else:
+        how = (
+            f"leave-last split (per user: last rating -> test, second to last -> validation): tuned with "
+            f"{len(split['train'])} interactions on {n_valid} validation samples, refit on {len(split['refit'])}; "
+            "NOT leakage-free for these methods (other users' later ratings are in the fit): use split: time"
+        )
     return (
-        f"{dm.data.name}, {how}. Fit on {len(split['train'])} train interactions; tuned on the "
-        f"{len(split['validation']['pairs'])} validation samples; refit on train + validation and scored on the "
-        f"{len(split['test']['pairs'])} test samples (the same samples an LLM is evaluated on; samples with under "
-        f"{cfg.min_history} history records are dropped)."
+        f"{dm.data.name}, {how}. Scored on the {n_test} test samples an LLM is evaluated on (samples with under "
+        f"{cfg.min_history} history records dropped{'; a seeded subset' if 'test' in cfg.max_samples else ''})."
     )
 
 
@@ -262,10 +349,15 @@ def baselines_main(args: list[str]) -> dict:
     grids = None if cfg.methods is None else {m: DEFAULT_GRIDS[m] for m in cfg.methods}
     split = baseline_split(dm)
     valid, test, scale = split["validation"], split["test"], dm.scale
+    if dm.sample_config.split == "leave_last":
+        warnings.warn(
+            "leave_last: the classical baselines are fitted on ratings later than some test ones", stacklevel=1
+        )
     results = run_baselines(
         split["train"], valid["pairs"], valid["truth"], test["pairs"], test["truth"],
-        scale.low, scale.high, grids=grids, seed=cfg.seed, select_by=cfg.select_by,
+        scale.low, scale.high, grids=grids, seed=cfg.seed, select_by=cfg.select_by, refit=split["refit"],
     )  # fmt: skip
+    results = with_rounded([*results, *score_shown(dm, split)], valid["truth"], test["truth"], scale)
     seconds = time.perf_counter() - start
     description = split_description(dm, split)
     print(description + "\n")
@@ -275,7 +367,13 @@ def baselines_main(args: list[str]) -> dict:
         "kind": "baselines",
         "data": {"name": dm.data.name, "scale": scale.name},
         "split": description,
-        "counts": {"train": len(split["train"]), "validation": len(valid["pairs"]), "test": len(test["pairs"])},
+        "counts": {
+            "train": len(split["train"]),
+            "refit": len(split["refit"]),
+            "validation": len(valid["pairs"]),
+            "test": len(test["pairs"]),
+        },
+        "protocol": dm.sample_config.split,
         "seconds": seconds,
         "select_by": cfg.select_by,
         "results": [_result_json(r) for r in results],
