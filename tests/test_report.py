@@ -9,7 +9,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from reczero.data.schema import SCALES
 from reczero.evaluation.evaluate import EvalResult, SampleResult, summarize, write_outputs
-from reczero.evaluation.report import main, read_scalars, table_rows
+from reczero.evaluation.report import comparisons, main, read_scalars, reference, table_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -64,22 +64,39 @@ def _run(tmp_path, name="run1"):
     return run
 
 
-def test_rows_put_baselines_on_the_llm_samples(tmp_path):
+def test_rows_put_every_method_on_the_llm_samples(tmp_path):
     inputs = [json.loads(_llm_json(tmp_path).read_text()), json.loads(_baselines_json(tmp_path).read_text())]
     rows = table_rows(inputs)
-    assert [(r.method, r.n) for r in rows] == [
-        ("zero-shot", 2),
-        ("global_mean", 4),
-        ("bias_baseline", 4),
-        ("global_mean", 2),
-        ("bias_baseline", 2),
-    ]
+    assert [(r.method, r.n) for r in rows] == [("zero-shot", 2), ("global_mean", 2), ("bias_baseline", 2)]
     llm = rows[0]
-    assert llm.mae == pytest.approx((0 + 1.5) / 2) and llm.parse_rate == 0.5 and "first 2 of 4" in llm.note
-    same = {r.method: r for r in rows[3:]}
+    assert llm.mae == pytest.approx((0 + 1.5) / 2) and llm.parse_rate == 0.5 and "2 of 4" in llm.note
+    assert llm.errors == [0.0, 1.5]  # k1 right; k3 unparsed, scored with its fallback 3.5 against 2
+    same = {r.method: r for r in rows[1:]}
     assert same["global_mean"].mae == pytest.approx((0.5 + 1.5) / 2)  # k1: |3.5-4|, k3: |3.5-2|
     assert same["bias_baseline"].rmse == pytest.approx(((0.25 + 0.25) / 2) ** 0.5)
     assert "same 2 samples" in same["bias_baseline"].note
+
+
+def test_every_pair_gets_a_paired_interval_and_the_best_baseline_is_the_reference(tmp_path):
+    inputs = [json.loads(_llm_json(tmp_path).read_text()), json.loads(_baselines_json(tmp_path).read_text())]
+    rows = table_rows(inputs)
+    pairs = comparisons(rows, n_boot=200)
+    assert [(a.method, b.method) for a, b, _ in pairs] == [
+        ("zero-shot", "global_mean"),
+        ("zero-shot", "bias_baseline"),
+        ("global_mean", "bias_baseline"),
+    ]
+    d = pairs[0][2]  # errors [0, 1.5] vs [0.5, 1.5]: differences -0.5 and 0
+    assert d.diff == pytest.approx(-0.25) and d.low == pytest.approx(-0.5) and d.high == pytest.approx(0.0)
+    assert reference(rows).method == "bias_baseline"
+
+
+def test_samples_not_shared_by_every_evaluation_are_left_out(tmp_path):
+    first = json.loads(_llm_json(tmp_path).read_text())
+    second = dict(first, name="other", sample_keys=["k1", "k4"], targets=[4.0, 3.0], scored=[5.0, 3.0])
+    rows = table_rows([first, second, json.loads(_baselines_json(tmp_path).read_text())])
+    assert {r.n for r in rows} == {1}  # only k1 is in both evaluations
+    assert [r.mae for r in rows if r.kind == "llm"] == [0.0, 1.0]
 
 
 def test_report_writes_the_table_and_the_plots(tmp_path, capsys):
@@ -87,10 +104,11 @@ def test_report_writes_the_table_and_the_plots(tmp_path, capsys):
     runs = [_run(tmp_path, "run1"), _run(tmp_path, "run2")]
     written = main(["--inputs", str(llm), str(base), "--runs", *map(str, runs), "--out", str(tmp_path / "out")])
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "| zero-shot | test | 0.7500 |" in md and "| bias_baseline | test | 0.5000 |" in md
+    assert "| zero-shot | test | 0.7500 |" in md and "| bias_baseline | test | 0.5000 |" in md  # on k1, k3
+    assert "(best baseline)" in md and "## Paired MAE differences" in md and "| zero-shot | global_mean | test |" in md
     assert "1 fallbacks" in md and "user's average" in md and "a small synthetic split" in md
     assert "| run1 | 29 |" in md and "![mae](mae.png)" in md and "![training](training.png)" in md
-    for name in ("mae", "training"):
+    for name in ("mae", "pairs", "training"):
         assert written[name].read_bytes()[:8] == PNG
     assert "wrote" in capsys.readouterr().out
 

@@ -1,30 +1,37 @@
-"""`reczero report`: one markdown table and PNG plots from evaluation results and training runs.
+"""`reczero report`: one markdown table, paired intervals and PNG plots from evaluation results and runs.
 
 Inputs:
   - `--inputs`: JSON files written by `reczero evaluate --output` (`*.metrics.json`, kind "evaluate")
     and `reczero baselines --output` (kind "baselines");
   - `--runs`: training run folders; every TensorBoard event file under each is read.
-Outputs in `--out`: `report.md` (every method x MAE / RMSE / parse rate / format rate / n),
-`mae.png` (MAE per method, one panel per split) and `training.png` (train/reward, train/format_rate,
-val/mae, val/format_rate against the step, one line per run).
+Outputs in `--out`: `report.md`, `mae.png` (MAE per method and its difference to the best baseline
+with a 95% interval), `pairs.png` (every pair's MAE difference) and `training.png` (train/reward,
+train/format_rate, val/mae, val/format_rate against the step, one line per run).
 
-Comparisons stay on the same samples: a baseline is listed on each split an LLM was evaluated on,
-and when an evaluation covered only part of a split (`--limit`), the baselines are scored again on
-exactly those samples (rows marked "same N"), from the per-sample predictions in their JSON.
+Comparisons stay on the same samples: on a split an LLM was evaluated on, every method is scored on
+the samples ALL the LLM evaluations share (baselines from the per-sample predictions in their JSON),
+and each pair of methods gets the MAE difference with a paired bootstrap 95% interval
+(`metrics.paired_bootstrap`: samples are redrawn as pairs, so the two methods' errors stay matched).
+An expected-rating evaluation also reports the greedy ratings of the same pass as a row of its own.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from reczero.metrics import PairedDifference, paired_bootstrap
 
 CURVES = ("train/reward", "train/format_rate", "val/mae", "val/format_rate")
 
 
 @dataclass
 class Row:
+    """One method on one split. errors: its absolute error per comparison sample (None: no per-sample data)."""
+
     method: str
     kind: str  # "llm" | "baseline"
     split: str
@@ -34,6 +41,9 @@ class Row:
     format_rate: float | None
     n: int
     note: str = ""
+    copy_rate: float | None = None
+    grounded_rate: float | None = None
+    errors: list[float] | None = field(default=None, repr=False)
 
 
 def load_inputs(paths: list[str | Path]) -> list[dict]:
@@ -47,83 +57,137 @@ def load_inputs(paths: list[str | Path]) -> list[dict]:
     return out
 
 
-def _llm_row(data: dict) -> Row:
+def _scores(errors: list[float]) -> tuple[float, float]:
+    return sum(errors) / len(errors), math.sqrt(sum(e * e for e in errors) / len(errors))
+
+
+def _llm_rows(data: dict, keys: list[str] | None) -> list[Row]:
+    """The evaluation's row (and, in expected mode, its greedy twin), on `keys` when it has per-sample scores."""
     m = data["metrics"]
-    part = "" if data["evaluated"] == data["split_size"] else f"first {data['evaluated']} of {data['split_size']}"
-    fallbacks = f"{m['fallbacks']} fallbacks" if m.get("fallbacks") else ""
-    note = "; ".join(x for x in (part, fallbacks) if x)
-    return Row(
-        data["name"], "llm", data["split"], m["mae"], m["rmse"], m["parse_rate"], m["format_rate"], m["count"], note
-    )
+    part = "" if data["evaluated"] == data["split_size"] else f"{data['evaluated']} of {data['split_size']} samples"
+    note = "; ".join(x for x in (part, f"{m['fallbacks']} fallbacks" if m.get("fallbacks") else "") if x)
+    flags = (m["parse_rate"], m["format_rate"])
+    rates = dict(copy_rate=m.get("copy_rate"), grounded_rate=m.get("grounded_rate"))
+    if keys is None or "scored" not in data:
+        return [Row(data["name"], "llm", data["split"], m["mae"], m["rmse"], *flags, m["count"], note, **rates)]
+    where = {k: i for i, k in enumerate(data["sample_keys"])}
+    truth = [data["targets"][where[k]] for k in keys]
+    rows = []
+    variants = [(data["name"], data["scored"], flags)]
+    if "scored_greedy" in data:
+        greedy = data["metrics_greedy"]
+        name = data["name"].replace(" [expected]", "") + " [greedy, same pass]"
+        variants.append((name, data["scored_greedy"], (greedy["parse_rate"], m["format_rate"])))
+    for name, scored, (parse, fmt) in variants:
+        errors = [abs(scored[where[k]] - t) for k, t in zip(keys, truth)]
+        rows.append(Row(name, "llm", data["split"], *_scores(errors), parse, fmt, len(keys), note, **rates))
+        rows[-1].errors = errors
+    return rows
 
 
 def _baseline_rows(data: dict, split: str, keys: list[str] | None = None) -> list[Row]:
-    """Rows of every baseline on `split`; with `keys`, scored on those samples only."""
+    """Rows of every baseline on `split`, on the samples `keys` (None: all of the split's)."""
     prefix = "valid" if split == "validation" else "test"
     samples = data["samples"][split]
-    pick = None
-    if keys is not None:
-        where = {k: i for i, k in enumerate(samples["keys"])}
-        pick = [where[k] for k in keys]
+    where = {k: i for i, k in enumerate(samples["keys"])}
+    pick = [where[k] for k in (keys if keys is not None else samples["keys"])]
+    note = f"same {len(pick)} samples as the LLM rows" if keys is not None and len(pick) < len(where) else ""
     rows = []
     for res in data["results"]:
-        if pick is None:
-            mae, rmse, n, note = res[f"{prefix}_mae"], res[f"{prefix}_rmse"], res[f"n_{prefix}"], ""
-        else:
-            preds, truth = res[f"{prefix}_pred"], samples["truth"]
-            errors = [preds[i] - truth[i] for i in pick]
-            mae = sum(abs(e) for e in errors) / len(errors)
-            rmse = math.sqrt(sum(e * e for e in errors) / len(errors))
-            n, note = len(pick), f"same {len(pick)} samples as the LLM rows"
-        rows.append(Row(res["name"], "baseline", split, mae, rmse, 1.0, None, n, note))
+        preds, truth = res[f"{prefix}_pred"], samples["truth"]
+        errors = [abs(preds[i] - truth[i]) for i in pick]
+        rows.append(Row(res["name"], "baseline", split, *_scores(errors), 1.0, None, len(pick), note))
+        rows[-1].errors = errors
     return rows
 
 
-def table_rows(inputs: list[dict]) -> list[Row]:
-    """LLM rows, then per split the baselines (full split, and on each partial LLM sample set)."""
+def table_rows(inputs: list[dict], methods: list[str] | None = None) -> list[Row]:
+    """Per split: the LLM rows, then every baseline, all on the samples every LLM evaluation of the split shares."""
     llm = [d for d in inputs if d["kind"] == "evaluate"]
     base = [d for d in inputs if d["kind"] == "baselines"]
-    rows = [_llm_row(d) for d in llm]
-    splits = list(dict.fromkeys(d["split"] for d in llm)) or ["test"]
-    for data in base:
-        for split in splits:
-            rows.extend(_baseline_rows(data, split))
-            known = set(data["samples"][split]["keys"])
-            seen: set[tuple[str, ...]] = set()
-            for d in llm:
-                keys = tuple(d.get("sample_keys") or ())
-                if d["split"] != split or not keys or len(keys) == len(known) or keys in seen:
-                    continue
-                seen.add(keys)
-                if set(keys) <= known:
-                    rows.extend(_baseline_rows(data, split, list(keys)))
+    rows: list[Row] = []
+    for split in list(dict.fromkeys(d["split"] for d in llm)) or ["test"]:
+        mine = [d for d in llm if d["split"] == split]
+        keys = None
+        if mine and all("scored" in d for d in mine):
+            shared = set.intersection(*(set(d["sample_keys"]) for d in mine))
+            for data in base:
+                shared &= set(data["samples"][split]["keys"])
+            keys = [k for k in mine[0]["sample_keys"] if k in shared]
+            if not keys:
+                raise ValueError(f"the {split} evaluations share no sample: evaluate every method on the same samples")
+        for d in mine:
+            rows.extend(_llm_rows(d, keys))
+        for data in base:
+            rows.extend(_baseline_rows(data, split, keys))
+    if methods:
+        rows = [r for r in rows if r.method in methods]
     return rows
+
+
+def reference(rows: list[Row]) -> Row | None:
+    """The best baseline (lowest MAE) with per-sample errors: what every other row is compared with."""
+    candidates = [r for r in rows if r.kind == "baseline" and r.errors is not None]
+    return min(candidates, key=lambda r: r.mae) if candidates else None
+
+
+def comparisons(rows: list[Row], n_boot: int = 2000, seed: int = 0) -> list[tuple[Row, Row, PairedDifference]]:
+    """Every pair of rows of one split with per-sample errors on the same samples: MAE(a) - MAE(b) and its
+    paired bootstrap 95% interval, a listed before b."""
+    out = []
+    for a, b in itertools.combinations([r for r in rows if r.errors is not None], 2):
+        if a.split == b.split and len(a.errors) == len(b.errors):
+            out.append((a, b, paired_bootstrap(a.errors, b.errors, n_boot=n_boot, seed=seed)))
+    return out
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def markdown(rows: list[Row], inputs: list[dict], images: list[str], runs: dict[str, dict]) -> str:
+def _interval(d: PairedDifference | None) -> str:
+    if d is None:
+        return "-"
+    return f"{d.diff:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" + (" *" if d.excludes_zero else "")
+
+
+def markdown(rows: list[Row], pairs, inputs: list[dict], images: list[str], runs: dict[str, dict]) -> str:
+    best = {split: reference([r for r in rows if r.split == split]) for split in {r.split for r in rows}}
+    against = {(id(a), id(b)): d for a, b, d in pairs}
     lines = ["# reczero report", ""]
     lines += [
-        "| method | split | MAE | RMSE | parse rate | format rate | n | note |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| method | split | MAE | RMSE | parse rate | format rate | copy rate | grounded | n | MAE - best baseline [95% CI] | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
+        ref = best.get(r.split)
+        d = None if ref is None or ref is r else against.get((id(r), id(ref)))
+        if d is None and ref is not None and ref is not r and (id(ref), id(r)) in against:
+            flip = against[(id(ref), id(r))]
+            d = PairedDifference(-flip.diff, -flip.high, -flip.low, flip.count, flip.level)
         lines.append(
             f"| {r.method} | {r.split} | {_fmt(r.mae)} | {_fmt(r.rmse)} | {_fmt(r.parse_rate, 3)} | "
-            f"{_fmt(r.format_rate, 3)} | {r.n} | {r.note} |"
+            f"{_fmt(r.format_rate, 3)} | {_fmt(r.copy_rate, 3)} | {_fmt(r.grounded_rate, 3)} | {r.n} | "
+            f"{'(best baseline)' if r is ref else _interval(d)} | {r.note} |"
         )
     lines.append("")
-    notes = []
-    for d in inputs:
-        if d["kind"] == "baselines":
-            notes.append(f"Baselines ({Path(d['_path']).name}): {d['split']}")
+    notes = [f"Baselines ({Path(d['_path']).name}): {d['split']}" for d in inputs if d["kind"] == "baselines"]
     fallbacks = {d["fallback"] for d in inputs if d["kind"] == "evaluate"}
     notes += [f"LLM rows: {text}; MAE and RMSE include those fallbacks." for text in sorted(fallbacks)]
     notes.append("Parse rate: share of answers whose last rating block holds a number on the scale (1 for baselines).")
+    notes.append(
+        "Copy rate: answers whose reasoning copies the prompt's skeleton or one-shot example; grounded: answers that "
+        "are no copy and name a fact of this prompt's user history and of the target item."
+    )
+    notes.append(
+        "Intervals: paired bootstrap (2,000 resamples of the shared samples) of the MAE difference; * marks an "
+        "interval that excludes 0. Negative: the first method is better."
+    )
     lines += [f"- {n}" for n in notes]
+    if pairs:
+        lines += ["", "## Paired MAE differences", "", "| A | B | split | MAE(A) - MAE(B) [95% CI] | n |"]
+        lines.append("|---|---|---|---|---:|")
+        lines += [f"| {a.method} | {b.method} | {a.split} | {_interval(d)} | {d.count} |" for a, b, d in pairs]
     if runs:
         lines += ["", "## Training runs", "", "| run | steps | last train/reward | last val/mae | best val/mae |"]
         lines.append("|---|---:|---:|---:|---:|")
@@ -171,36 +235,77 @@ def _pyplot():
     return plt
 
 
-def plot_mae(rows: list[Row], path: str | Path) -> Path:
-    """Horizontal bars of MAE, one panel per split, best at the top; LLM bars show their parse rate.
-
-    When LLM rows cover only part of a split, the panel shows the baselines on those samples only.
-    """
+def plot_mae(rows: list[Row], pairs, path: str | Path) -> Path:
+    """Per split: MAE bars (best at the top) and, beside them, each method's MAE difference to the best
+    baseline with its paired 95% interval (the forest the conclusions rest on)."""
     plt = _pyplot()
     splits = list(dict.fromkeys(r.split for r in rows))
-    height = max(
-        2.5, 0.42 * max(sum(r.split == s and not r.note.startswith("same") for r in rows) for s in splits) + 1.3
-    )
-    fig, axes = plt.subplots(1, len(splits), figsize=(7.5 * len(splits), height), squeeze=False)
-    for ax, split in zip(axes[0], splits):
-        part = [r for r in rows if r.split == split]
-        matched = [r for r in part if r.note.startswith("same")]
-        if matched:  # LLM rows cover part of the split: compare only on the same samples
-            part = [r for r in part if r.kind == "llm"] + matched
-        part.sort(key=lambda r: r.mae, reverse=True)
-        labels = [r.method + (f" ({r.note.split(' as')[0]})" if r.note.startswith("same") else "") for r in part]
+    diffs = {(id(a), id(b)): d for a, b, d in pairs}
+    height = max(2.5, 0.4 * max(sum(r.split == s for r in rows) for s in splits) + 1.4)
+    fig, axes = plt.subplots(len(splits), 2, figsize=(14, height * len(splits)), squeeze=False)
+    for (ax, fax), split in zip(axes, splits):
+        part = sorted([r for r in rows if r.split == split], key=lambda r: r.mae, reverse=True)
+        ref = reference(part)
         colours = ["#d62728" if r.kind == "llm" else "#1f77b4" for r in part]
         bars = ax.barh(range(len(part)), [r.mae for r in part], color=colours)
-        ax.set_yticks(range(len(part)), labels, fontsize=9)
+        ax.set_yticks(range(len(part)), [r.method for r in part], fontsize=8)
         top = max(r.mae for r in part)
         for bar, r in zip(bars, part):
-            text = f"{r.mae:.3f}" + (f"  parse {r.parse_rate:.0%}, n={r.n}" if r.kind == "llm" else f"  n={r.n}")
-            ax.text(bar.get_width() + top * 0.01, bar.get_y() + bar.get_height() / 2, text, va="center", fontsize=8)
-        ax.set_xlim(0, top * 1.45)
+            text = f"{r.mae:.3f}" + (f"  parse {r.parse_rate:.0%}" if r.kind == "llm" else "")
+            ax.text(bar.get_width() + top * 0.01, bar.get_y() + bar.get_height() / 2, text, va="center", fontsize=7)
+        ax.set_xlim(0, top * 1.35)
         ax.set_xlabel("MAE (lower is better)")
-        where = f"{split}, the LLM rows' samples" if matched else split
-        ax.set_title(f"MAE on {where}  (red: LLM, blue: classical)", fontsize=10)
+        ax.set_title(f"MAE on {split}, n={part[0].n}  (red: LLM, blue: classical)", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
+        for y, r in enumerate(part):
+            d = None if ref is None or r is ref else diffs.get((id(r), id(ref)))
+            if d is None and ref is not None and (id(ref), id(r)) in diffs:
+                f = diffs[(id(ref), id(r))]
+                d = PairedDifference(-f.diff, -f.high, -f.low, f.count)
+            if d is not None:
+                colour = "#d62728" if r.kind == "llm" else "#1f77b4"
+                fax.errorbar(d.diff, y, xerr=[[d.diff - d.low], [d.high - d.diff]], fmt="o", color=colour, capsize=3)
+        fax.axvline(0, color="black", linewidth=0.8)
+        fax.set_yticks(range(len(part)), [""] * len(part))
+        fax.set_ylim(-0.5, len(part) - 0.5)
+        fax.set_xlabel(f"MAE - MAE({ref.method if ref else '-'}), paired 95% interval")
+        fax.set_title("difference to the best baseline (left of 0: better)", fontsize=10)
+        fax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_pairs(rows: list[Row], pairs, path: str | Path) -> Path:
+    """One heatmap per split: cell (A, B) = MAE(A) - MAE(B), its interval in the cell, bold where it excludes 0."""
+    plt = _pyplot()
+    splits = [s for s in dict.fromkeys(r.split for r in rows) if any(a.split == s for a, _, _ in pairs)]
+    size = max(len([r for r in rows if r.split == s]) for s in splits)
+    fig, axes = plt.subplots(1, len(splits), figsize=(1.1 * size * len(splits) + 3, 0.8 * size + 2), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        part = sorted([r for r in rows if r.split == split and r.errors is not None], key=lambda r: r.mae)
+        index = {id(r): i for i, r in enumerate(part)}
+        grid = [[0.0] * len(part) for _ in part]
+        cells: dict[tuple[int, int], PairedDifference] = {}
+        for a, b, d in pairs:
+            if a.split != split or id(a) not in index or id(b) not in index:
+                continue
+            i, j = index[id(a)], index[id(b)]
+            cells[(i, j)] = d
+            cells[(j, i)] = PairedDifference(-d.diff, -d.high, -d.low, d.count)
+        for (i, j), d in cells.items():
+            grid[i][j] = d.diff
+        bound = max((abs(d.diff) for d in cells.values()), default=1.0) or 1.0
+        ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound)
+        for (i, j), d in cells.items():
+            weight = "bold" if d.excludes_zero else "normal"
+            label = f"{d.diff:+.3f}\n[{d.low:+.3f},\n{d.high:+.3f}]"
+            ax.text(j, i, label, ha="center", va="center", fontsize=6, fontweight=weight)
+        names = [r.method for r in part]
+        ax.set_xticks(range(len(part)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(part)), names, fontsize=7)
+        ax.set_title(f"MAE(row) - MAE(column) on {split}, paired 95% CI (bold: excludes 0)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -254,12 +359,15 @@ def plot_training(runs: dict[str, dict], path: str | Path) -> Path:
     return Path(path)
 
 
-def write_report(inputs: list[str | Path], runs: list[str | Path], out: str | Path) -> dict[str, Path]:
-    """Write report.md (+ mae.png, training.png when there is something to plot) into `out`."""
+def write_report(
+    inputs: list[str | Path], runs: list[str | Path], out: str | Path, methods: list[str] | None = None
+) -> dict[str, Path]:
+    """Write report.md (+ mae.png, pairs.png, training.png when there is something to plot) into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_inputs(inputs)
-    rows = table_rows(data)
+    rows = table_rows(data, methods)
+    pairs = comparisons(rows)
     curves = {}
     for run in runs:
         if not Path(run).is_dir():
@@ -268,10 +376,12 @@ def write_report(inputs: list[str | Path], runs: list[str | Path], out: str | Pa
         curves[name if name not in curves else str(run)] = read_scalars(run)
     written: dict[str, Path] = {}
     if rows:
-        written["mae"] = plot_mae(rows, out / "mae.png")
+        written["mae"] = plot_mae(rows, pairs, out / "mae.png")
+    if pairs:
+        written["pairs"] = plot_pairs(rows, pairs, out / "pairs.png")
     if any(curves.values()):
         written["training"] = plot_training(curves, out / "training.png")
-    md = markdown(rows, data, [str(p) for p in written.values()], curves)
+    md = markdown(rows, pairs, data, [str(p) for p in written.values()], curves)
     written["report"] = out / "report.md"
     written["report"].write_text(md)
     return written
@@ -284,10 +394,11 @@ def main(args: list[str]) -> dict[str, Path]:
     parser.add_argument("--inputs", nargs="*", default=[], help="evaluate *.metrics.json and baselines JSON files")
     parser.add_argument("--runs", nargs="*", default=[], help="training run folders (TensorBoard events inside)")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--methods", nargs="*", default=None, help="keep only these methods (names as in the table)")
     cfg = parser.parse_args(args)
     if not cfg.inputs and not cfg.runs:
         parser.error("give --inputs and/or --runs")
-    written = write_report(cfg.inputs, cfg.runs, cfg.out)
+    written = write_report(cfg.inputs, cfg.runs, cfg.out, cfg.methods)
     print((Path(cfg.out) / "report.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written.values()))
     return written
