@@ -14,7 +14,7 @@ NUM_TRACES    ?= 128
 COLDSTART_ARGS ?= --teacher template
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format data-stats train-grpo bench baselines evaluate report coldstart train-sft train-recone
+.PHONY: help install test test-all lint format data-stats train-grpo bench baselines evaluate report coldstart train-sft train-recone ml100k
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ train-recone: install ## RecOne in one go: coldstart (resumes; done once NUM_TRA
 	$(BIN)/reczero fit --config $(RECONE_CONFIG) $(ARGS)
 
 ML100K ?= ../shared/data/ml-100k
+
+ml100k: install ## RecZero and RecOne on ML-100K end to end (baselines, traces, SFT, GRPO, evaluation, report); ML100K=path
+	benchmarks/ml100k_pipeline.sh $(ML100K)
 
 bench: install ## GRPO step, reczero vs TRL GRPOTrainer side by side (installs the bench extra: TRL); ML100K=path
 	$(BIN)/pip install -q -e '.[bench]'

@@ -17,7 +17,7 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 RESULTS = Path(__file__).parent / "results"
-VAL = ("val/reward", "val/format_rate", "val/parse_rate", "val/mae", "val/rmse")
+VAL = ("val/reward", "val/format_rate", "val/parse_rate", "val/mae", "val/rmse", "val/copy_rate", "val/grounded_rate")
 
 
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -56,6 +56,8 @@ def main() -> None:
             "train/parse_rate",
             "train/sampled_mae",
             "train/completion_len_mean",
+            "train/copy_rate",
+            "train/grounded_rate",
         )
         if tag in s
     }
@@ -73,8 +75,8 @@ def main() -> None:
         else None,
         "wall_seconds": args.wall_seconds,
     }
-    print(f"| {name} | at step | reward | format rate | parse rate | MAE | RMSE |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| {name} | at step | reward | format rate | parse rate | MAE | RMSE | copy rate | grounded |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for when in ("first", "last"):
         row = [val.get(t, {}).get(when, (None, float("nan"))) for t in VAL]
         step = row[0][0] if row[0][0] is not None else "-"

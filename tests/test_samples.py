@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from reczero.data.samples import SPLITS, SampleConfig, SampleTable, assign_splits, build_samples, split_counts
 from reczero.data.schema import SCALES, Interaction, InteractionData
+from reczero.data.sources import SourceConfig, load_source
 
 settings.register_profile(
     "reczero-samples-default", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -340,3 +341,13 @@ def test_max_users_sampling_is_seeded() -> None:
 def test_sample_config_validation(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SampleConfig(**kwargs)
+
+
+def test_a_splits_capped_subset_does_not_depend_on_another_splits_cap():
+    """Methods evaluated with the same test cap see the same test samples, whatever their validation cap."""
+    data = load_source(SourceConfig(format="synthetic"))
+    base = dict(split="time", max_samples={"test": 40})
+    alone = build_samples(data, SampleConfig(**base))
+    both = build_samples(data, SampleConfig(**{**base, "max_samples": {"validation": 7, "test": 40}}))
+    pick = lambda table: [t for t, s in zip(table.target, table.split) if s == "test"]  # noqa: E731
+    assert pick(alone) == pick(both) and len(pick(alone)) == 40

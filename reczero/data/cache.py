@@ -22,7 +22,7 @@ from reczero.data.schema import DuplicateCounts, Interaction, InteractionData, I
 from reczero.data.sources import SourceConfig, load_source, source_files
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # 2: the duplicate rule runs on every source, its counts are in meta.json
+CACHE_VERSION = 3  # 2: the duplicate rule runs on every source; 3: each split's cap draws on its own seed
 
 
 def default_cache_dir() -> Path:

@@ -174,12 +174,15 @@ def _prefix_sums(values: list[float]) -> list[float]:
 
 
 def _cap(table: SampleTable, cfg: SampleConfig) -> SampleTable:
-    """Keep at most `cfg.max_samples[split]` samples per split: a seeded sample, in original order."""
+    """Keep at most `cfg.max_samples[split]` samples per split: a seeded sample, in original order.
+
+    Each split draws from its own generator, so one split's subset never depends on another's cap
+    (every method evaluated with the same test cap and seed sees the same test samples)."""
     if not cfg.max_samples:
         return table
-    rng = random.Random(cfg.seed)
     keep: list[int] = []
     for split in SPLITS:
+        rng = random.Random(f"{cfg.seed}:{split}")
         positions = [p for p, s in enumerate(table.split) if s == split]
         cap = cfg.max_samples.get(split)
         if cap is not None and cap < len(positions):
