@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/ml-100k}
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-benchmarks/results/ml100k}
-RUNS=${RUNS:-checkpoints}
+RUNS=checkpoints  # where configs/ml100k*.yaml write their runs
 TRACES=${TRACES:-1000}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
