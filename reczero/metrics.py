@@ -15,9 +15,7 @@ from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
-from reczero.scale import RatingScale
-
-EXACT_TOLERANCE = 1e-6
+from reczero.scale import EXACT_TOLERANCE, RatingScale
 
 
 @dataclass

@@ -24,17 +24,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from reczero.prompts import STEP_TAGS
 from reczero.reasoning import COPY_THRESHOLD, Grounding, PromptFacts, find_copy, grounding
-from reczero.scale import RatingScale
-
-FOUR_STEP_TAGS: tuple[str, ...] = ("analyze user", "analyze item", "match", "rate")
-
-ANALYZE_USER_OPEN, ANALYZE_USER_CLOSE = "<analyze user>", "</analyze user>"
-ANALYZE_ITEM_OPEN, ANALYZE_ITEM_CLOSE = "<analyze item>", "</analyze item>"
-MATCH_OPEN, MATCH_CLOSE = "<match>", "</match>"
-RATE_OPEN, RATE_CLOSE = "<rate>", "</rate>"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+from reczero.scale import EXACT_TOLERANCE, RatingScale
 
 # End-of-sequence strings that may survive decoding (skip_special_tokens=False); allowed after the last block.
 EOS_MARKERS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>", "<eos>")
@@ -42,7 +34,6 @@ EOS_MARKERS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|
 # ASCII digits only: str.isdigit / \d would also accept e.g. Arabic-Indic digits, which float() parses.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 _STAR_SUFFIXES = ("stars", "star")
-EXACT_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -64,7 +55,7 @@ class Template:
 
 TEMPLATES: dict[str, Template] = {
     # The paper's "Think-before-Recommendation" layout.
-    "four_step": Template("four_step", FOUR_STEP_TAGS),
+    "four_step": Template("four_step", STEP_TAGS),  # what the prompt's skeleton asks for
     # Ablation: free reasoning then the rating.
     "think_answer": Template("think_answer", ("think", "answer")),
     # Ablation without reasoning: only `<answer>4</answer>` (same rating tag as think_answer, so the

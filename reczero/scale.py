@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+EXACT_TOLERANCE = 1e-6  # two ratings this close are equal: exact-match rewards, metrics and trace checks
+
 
 @dataclass(frozen=True)
 class RatingScale:

@@ -1,8 +1,8 @@
 """The torch pieces the DataModule's loaders are built from: datasets, collators and resumable samplers.
 
 - `PromptDataset` renders a split's samples to token ids on access; `PromptCollator` left-pads them
-  into prompt batches (generation appends on the right); `fallback_rating` is what an unparsable
-  answer is scored as.
+  (`left_pad`, the one left-padding every prompt batch goes through: generation appends on the right)
+  into prompt batches; `fallback_rating` is what an unparsable answer is scored as.
 - `SFTDataset` / `sft_collate`: prompt + completion, right-padded, labels -100 on the prompt.
 - `ResumableSampler` (a `DistributedSampler` that can start mid-epoch) and `BucketedSampler` (its
   length-bucketed order, `bucket_order`) make a resumed run continue with the next unseen sample.
@@ -20,16 +20,33 @@ from reczero import prompts, reasoning
 from reczero.data.render import PromptRenderer, prompt_input
 from reczero.data.samples import SampleTable
 from reczero.data.schema import InteractionData
+from reczero.scale import RatingScale
 
 
-def fallback_rating(table: SampleTable, pos: int, data: InteractionData) -> float:
+def fallback_rating(scale: RatingScale, user_avg: float | None, item_avg: float | None) -> float:
     """What an unparsable answer is scored as: the user's earlier average, else the item's, else the
     scale's midpoint; clipped to the scale. Never the truth."""
-    scale = data.scale
-    for avg in (table.user_avg[pos], table.item_avg[pos]):
+    for avg in (user_avg, item_avg):
         if avg is not None:
             return scale.clip(avg)
     return (scale.low + scale.high) / 2
+
+
+def pad_id(tokenizer) -> int:
+    """The id prompts are padded with: the tokenizer's pad token, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def left_pad(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (`input_ids [B, P]`, `attention_mask [B, P]`), padded on the left to the longest."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)  # [B, P]
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)  # [B, P]
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
 
 
 class PromptDataset(Dataset):
@@ -53,7 +70,7 @@ class PromptDataset(Dataset):
             "sample_id": pos,
             "input_ids": ids,
             "target": self.data.interactions[self.table.target[pos]].rating,
-            "fallback": fallback_rating(self.table, pos, self.data),
+            "fallback": fallback_rating(self.data.scale, self.table.user_avg[pos], self.table.item_avg[pos]),
             "history_len": len(self.table.user_history[pos]) + len(self.table.item_history[pos]),
             "copy_sources": prompts.copy_sources(inp.scale, self.renderer.example_for(inp)),
             "facts": reasoning.prompt_facts(inp),
@@ -62,26 +79,28 @@ class PromptDataset(Dataset):
 
 class PromptCollator:
     """Left-pads prompts (generation appends on the right). The texts each answer must not copy
-    (`copy_sources`) and the facts it may name (`facts`) ride along as lists, one per prompt."""
+    (`copy_sources`) and the facts it may name (`facts`) ride along as lists, one per prompt, and the
+    rating `scale` of the targets as one value, so whoever scores the batch needs nothing else.
+    Requests (`reczero predict`) have no `target`, `sample_id` or `history_len`: those are then None."""
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+    def __init__(self, pad_id: int, scale: RatingScale | None = None):
+        self.pad_id, self.scale = pad_id, scale
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)  # [B, P]
-        mask = torch.zeros((len(features), width), dtype=torch.long)  # [B, P]
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[row, width - n :] = torch.tensor(f["input_ids"], dtype=torch.long)
-            mask[row, width - n :] = 1
+    def __call__(self, features: list[dict]) -> dict:
+        ids, mask = left_pad([f["input_ids"] for f in features], self.pad_id)  # [B, P] each
+
+        def column(key: str, dtype: torch.dtype) -> torch.Tensor | None:  # [B], or None when a feature lacks it
+            values = [f.get(key) for f in features]
+            return None if any(v is None for v in values) else torch.tensor(values, dtype=dtype)
+
         return {
+            "scale": self.scale,
             "input_ids": ids,
             "attention_mask": mask,
-            "target": torch.tensor([f["target"] for f in features], dtype=torch.float32),
-            "fallback": torch.tensor([f["fallback"] for f in features], dtype=torch.float32),
-            "sample_id": torch.tensor([f["sample_id"] for f in features], dtype=torch.long),
-            "history_len": torch.tensor([f["history_len"] for f in features], dtype=torch.long),
+            "target": column("target", torch.float32),
+            "fallback": column("fallback", torch.float32),
+            "sample_id": column("sample_id", torch.long),
+            "history_len": column("history_len", torch.long),
             "copy_sources": [f.get("copy_sources", ()) for f in features],
             "facts": [f.get("facts", reasoning.PromptFacts()) for f in features],
         }
@@ -157,7 +176,8 @@ class SFTDataset(Dataset):
         return [len(p) + len(c) for _, p, c in self.items]
 
 
-def _sft_collate(features: list[tuple[int, list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def sft_batch(features: list[tuple[int, list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """`SFTDataset` items -> an SFT batch (`sft_collate`) with their `sample_id [B]`."""
     batch = sft_collate([f[1] for f in features], [f[2] for f in features], pad_id)
     batch["sample_id"] = torch.tensor([f[0] for f in features], dtype=torch.long)  # [B]
     return batch

@@ -4,12 +4,15 @@ It reads a source (or the synthetic default), builds chronological samples once 
 and serves, per split:
   - prompt batches for GRPO, evaluation and prediction (left-padded, since they are generated from):
     `input_ids [B, P]`, `attention_mask [B, P]`, `target [B]`, `fallback [B]`, `sample_id [B]`,
-    `history_len [B]`;
-  - SFT batches (`sft_dataloader`): prompt + completion, right-padded, labels -100 on the prompt,
-    length-bucketed; `train_dataloader` serves them once the SFT module sets `sft_completions`.
-The tokenizer arrives late (`set_tokenizer`): the policy owns it. The train sampler is resumable
-(`state_dict`), so a run resumed from a mid-epoch checkpoint continues with the next unseen sample.
-The datasets, collators and samplers it builds its loaders from are in `batching`.
+    `history_len [B]`, and per prompt `copy_sources`, `facts` and the rating `scale` of the targets;
+  - with `traces` (RecOne's SFT), SFT batches instead: prompt + completion, right-padded, labels -100
+    on the prompt, length-bucketed; `traces` held out by `heldout_traces` become a second validation
+    loader (`val/trace_loss`).
+It takes its settings from its own arguments only: the prompt settings it shares with the
+LightningModule arrive as one `PromptConfig` (`prompt`), and the tokenizer is loaded from `tokenizer`
+(the policy's model; the commands link them) or handed over with `set_tokenizer`. The train sampler is
+resumable (`state_dict`), so a run resumed from a mid-epoch checkpoint continues with the next unseen
+sample. The datasets, collators and samplers it builds its loaders from are in `batching`.
 """
 
 from __future__ import annotations
@@ -17,25 +20,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
+import random
 
 import lightning as L
 from torch.utils.data import DataLoader
 
-from reczero import prompts
 from reczero.data.batching import (
     BucketedSampler,
     PromptCollator,
     PromptDataset,
     ResumableSampler,
     SFTDataset,
-    _sft_collate,
+    pad_id,
+    sft_batch,
 )
 from reczero.data.cache import load_or_build
-from reczero.data.render import PromptRenderer
+from reczero.data.render import PromptConfig, PromptRenderer
 from reczero.data.samples import SampleConfig, SampleTable, split_counts
 from reczero.data.schema import InteractionData
 from reczero.data.sources import SourceConfig
+from reczero.recone.traces import ON_BAD, load_traces, match_traces
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +50,35 @@ class RatingDataModule(L.LightningDataModule):
     Args:
         source: where interactions come from (format, path, scale, bad-row policy).
         samples: history sizes, minimum history, split, caps for quick runs.
-        max_prompt_tokens: prompt budget; reviews are shortened first, then the oldest records dropped.
-        review_chars: characters of each review shown before the budget shortens it.
-        system_prompt: the system message (merged into the user turn for templates without one).
-        response_prefix: text the assistant turn starts with (e.g. "<analyze user>"), part of the prompt;
-            rewards and metrics score it together with the completion. Helps small models find the format.
-        answer_example: add a one-shot worked answer (another user and item) after the skeleton; for
-            small models that cannot follow the skeleton alone.
-        batch_size: prompts per training step (GRPO samples `group_size` completions of each).
+        prompt: how a sample becomes a prompt (budget, review length, system prompt, response prefix,
+            one-shot example); the LightningModule gets the same object.
+        tokenizer: the model (hub id, folder or `bundled:...`) whose tokenizer and chat template render
+            the prompts: the policy's (`reczero` commands link it to `model.init_args.policy.model`).
+            None: a tokenizer must be handed over with `set_tokenizer`.
+        traces: RecOne's SFT traces (JSONL, `reczero.recone.traces`), matched to train samples: train
+            batches are then prompt + trace completion (SFT) instead of prompts (GRPO).
+        on_bad_trace: "error" stops at the first invalid or unmatched trace (naming file, line and
+            reason); "skip" drops and counts them.
+        heldout_traces: traces kept out of training (drawn with `seed`) for a second validation loader.
+        bucket: length-bucketed SFT batches (less padding); off = plain shuffled batches.
+        batch_size: prompts (or traces) per training step (GRPO samples `group_size` completions of each).
         eval_batch_size: prompts per validation/test/predict batch.
         num_workers: DataLoader worker processes.
         cache_dir: sample cache folder (default `$RECZERO_CACHE/samples` or `~/.cache/reczero/samples`).
         use_cache: read and write the cache.
-        seed: train shuffling seed.
+        seed: train shuffling seed, and the held-out traces' draw.
     """
 
     def __init__(
         self,
         source: SourceConfig = SourceConfig(),
         samples: SampleConfig = SampleConfig(),
-        max_prompt_tokens: int | None = 1024,
-        review_chars: int = 200,
-        system_prompt: str | None = prompts.SYSTEM_PROMPT,
-        response_prefix: str = "",
-        answer_example: bool = False,
+        prompt: PromptConfig = PromptConfig(),
+        tokenizer: str | None = None,
+        traces: str | None = None,
+        on_bad_trace: str = "error",
+        heldout_traces: int = 0,
+        bucket: bool = True,
         batch_size: int = 2,
         eval_batch_size: int = 8,
         num_workers: int = 0,
@@ -80,33 +89,49 @@ class RatingDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError("data.batch_size and data.eval_batch_size must be >= 1")
-        if max_prompt_tokens is not None and max_prompt_tokens < 32:
-            raise ValueError(f"data.max_prompt_tokens={max_prompt_tokens} is too small to hold any prompt")
+        if on_bad_trace not in ON_BAD:
+            raise ValueError(f"data.on_bad_trace must be one of {ON_BAD}, got {on_bad_trace!r}")
+        if heldout_traces < 0:
+            raise ValueError(f"data.heldout_traces must be >= 0, got {heldout_traces}")
         self.source = dataclasses.replace(source)
         self.sample_config = dataclasses.replace(samples)
-        self.max_prompt_tokens = max_prompt_tokens
-        self.review_chars = review_chars
-        self.system_prompt = system_prompt
-        self.response_prefix = response_prefix
-        self.answer_example = answer_example
+        self.prompt = dataclasses.replace(prompt)
+        self.tokenizer_name = tokenizer
+        self.traces = traces
+        self.on_bad_trace = on_bad_trace
+        self.heldout_traces = heldout_traces
+        self.bucket = bucket
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self.use_cache = use_cache
         self.seed = seed
-        self.tokenizer = None
+        self._tokenizer = None
         self.data: InteractionData | None = None
         self.table: SampleTable | None = None
         self._renderer: PromptRenderer | None = None
         self._train_sampler: ResumableSampler | None = None
         self._resume_state: dict | None = None
-        self.sft_completions: dict[int, str] | None = None  # set by SFTModule: train on these instead
+        self._completions: tuple[dict[int, str], dict[int, str]] | None = None
 
     # -- building -------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The tokenizer that renders prompts: the one handed over, else loaded from `tokenizer`."""
+        if self._tokenizer is None:
+            if self.tokenizer_name is None:
+                raise RuntimeError(
+                    "RatingDataModule needs a tokenizer: pass data.tokenizer (the policy's model) or call set_tokenizer()"
+                )
+            from reczero.policy.factory import PolicyConfig, load_tokenizer  # transformers: only when rendering
+
+            self._tokenizer = load_tokenizer(PolicyConfig(model=self.tokenizer_name))
+        return self._tokenizer
+
     def set_tokenizer(self, tokenizer) -> None:
-        """The policy's tokenizer; called by the LightningModule before any dataloader is built."""
-        self.tokenizer = tokenizer
+        """Use this tokenizer object (a command that already loaded the model's) instead of loading one."""
+        self._tokenizer = tokenizer
         self._renderer = None
 
     def prepare_data(self) -> None:
@@ -139,18 +164,12 @@ class RatingDataModule(L.LightningDataModule):
 
     @property
     def renderer(self) -> PromptRenderer:
-        if self.tokenizer is None:
-            raise RuntimeError("RatingDataModule needs the policy's tokenizer: call set_tokenizer() first")
         if self._renderer is None:
             self._renderer = PromptRenderer(
                 self.tokenizer,
-                self.max_prompt_tokens,
-                self.review_chars,
-                self.system_prompt,
-                self.response_prefix,
-                self.answer_example,
-                self.typical_rating,
-                self.example_genres,
+                **dataclasses.asdict(self.prompt),
+                typical_rating=self.typical_rating,
+                example_genres=self.example_genres,
             )
         return self._renderer
 
@@ -192,11 +211,29 @@ class RatingDataModule(L.LightningDataModule):
         row = self.data.interactions[self.table.target[pos]]
         return f"{row.user}|{row.item}|{row.timestamp}"
 
-    # -- loaders --------------------------------------------------------------------------------
-    def _collate(self) -> PromptCollator:
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        return PromptCollator(pad)
+    # -- traces (RecOne's SFT) ----------------------------------------------------------------------
+    def trace_completions(self) -> tuple[dict[int, str], dict[int, str]]:
+        """(train, held out): sample position -> trace completion, from `traces` matched to train samples."""
+        if self._completions is None:
+            if self.traces is None:
+                raise RuntimeError("no SFT traces: set data.traces")
+            if self.table is None:
+                self.setup()
+            traces, bad = load_traces(self.traces, self.scale, self.on_bad_trace)
+            completions, unmatched = match_traces(traces, self, self.on_bad_trace)
+            if bad or unmatched:
+                log.warning("skipped %d invalid and %d unmatched traces of %s", bad, unmatched, self.traces)
+            if len(completions) <= self.heldout_traces:
+                raise ValueError(
+                    f"{len(completions)} usable traces in {self.traces}, not enough to hold out {self.heldout_traces}"
+                )
+            held = set(random.Random(self.seed).sample(sorted(completions), self.heldout_traces))
+            train = {p: c for p, c in completions.items() if p not in held}
+            self._completions = train, {p: c for p, c in completions.items() if p in held}
+            log.info("SFT on %d traces (%d held out) from %s", len(train), len(held), self.traces)
+        return self._completions
 
+    # -- loaders --------------------------------------------------------------------------------
     def _make_train_sampler(
         self, size: int, lengths: list[int] | None = None, batch_size: int = 1
     ) -> ResumableSampler:
@@ -215,14 +252,14 @@ class RatingDataModule(L.LightningDataModule):
         return sampler
 
     def train_dataloader(self) -> DataLoader:
-        if self.sft_completions is not None:
-            return self.sft_dataloader(self.sft_completions, self.batch_size)
+        if self.traces is not None:
+            return self.sft_dataloader(self.trace_completions()[0], self.batch_size, self.bucket)
         ds = self.dataset("train")
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             sampler=self._make_train_sampler(len(ds)),
-            collate_fn=self._collate(),
+            collate_fn=PromptCollator(pad_id(self.tokenizer), self.scale),
             num_workers=self.num_workers,
             drop_last=True,
             persistent_workers=False,
@@ -244,10 +281,9 @@ class RatingDataModule(L.LightningDataModule):
         positions = sorted(completions)
         prompts_ds = PromptDataset(self.data, self.table, positions, self.renderer)
         ds = SFTDataset(
-            prompts_ds, [completions[p] for p in positions], self.response_prefix, self.tokenizer.eos_token_id
+            prompts_ds, [completions[p] for p in positions], self.prompt.response_prefix, self.tokenizer.eos_token_id
         )
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        collate = functools.partial(_sft_collate, pad_id=pad)
+        collate = functools.partial(sft_batch, pad_id=pad_id(self.tokenizer))
         if not shuffle:
             return DataLoader(
                 ds, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=self.num_workers
@@ -267,12 +303,16 @@ class RatingDataModule(L.LightningDataModule):
             self.dataset(split),
             batch_size=self.eval_batch_size,
             shuffle=False,
-            collate_fn=self._collate(),
+            collate_fn=PromptCollator(pad_id(self.tokenizer), self.scale),
             num_workers=self.num_workers,
         )
 
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("validation")
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation prompts; with held-out traces, a second loader of their SFT batches."""
+        prompts = self._eval_loader("validation")
+        if self.traces is None or not self.heldout_traces:
+            return prompts
+        return [prompts, self.sft_dataloader(self.trace_completions()[1], self.eval_batch_size, shuffle=False)]
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
@@ -292,7 +332,3 @@ class RatingDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         if state:
             self._resume_state = {"epoch": int(state["epoch"]), "consumed": int(state["consumed"])}
-
-
-def steps_per_epoch(num_train: int, batch_size: int, world_size: int = 1) -> int:
-    return math.ceil(num_train / world_size) // batch_size

@@ -62,6 +62,36 @@ def prompt_input(data: InteractionData, table: SampleTable, pos: int) -> prompts
 
 
 @dataclass
+class PromptConfig:
+    """How a sample becomes a prompt: one object, handed to the DataModule (which renders the prompts)
+    and to the LightningModule (which scores `response_prefix` + completion and checks that the prompt
+    budget plus the completion fit the model's context). `reczero` commands link `data.prompt` to
+    `model.init_args.prompt`, so a config states it once, under `data:`.
+
+    Args:
+        max_prompt_tokens: prompt budget; reviews are shortened first, then the oldest records dropped.
+        review_chars: characters of each review shown before the budget shortens it.
+        system_prompt: the system message (merged into the user turn for templates without one).
+        response_prefix: text the assistant turn starts with (e.g. "<analyze user>"), part of the prompt;
+            rewards and metrics score it together with the completion. Helps small models find the format.
+        answer_example: add a one-shot worked answer (another user and item) after the skeleton; for
+            small models that cannot follow the skeleton alone.
+    """
+
+    max_prompt_tokens: int | None = 1024
+    review_chars: int = 200
+    system_prompt: str | None = prompts.SYSTEM_PROMPT
+    response_prefix: str = ""
+    answer_example: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 32:
+            raise ValueError(f"prompt.max_prompt_tokens={self.max_prompt_tokens} is too small to hold any prompt")
+        if self.review_chars < 0:
+            raise ValueError(f"prompt.review_chars must be >= 0, got {self.review_chars}")
+
+
+@dataclass
 class RenderStats:
     rendered: int = 0
     shortened: int = 0

@@ -10,9 +10,11 @@ can end up with none; `data stats` then warns.
 from __future__ import annotations
 
 import dataclasses
+import random
 import statistics
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import prompt_input
@@ -131,8 +133,6 @@ def format_stats(stats: dict) -> str:
 
 def preview(dm: RatingDataModule, tokenizer, split: str = "train", count: int = 3, seed: int = 0) -> list[str]:
     """`count` rendered prompts of `split` (spread evenly over it), with their true ratings."""
-    import random
-
     dm.set_tokenizer(tokenizer)
     dm.setup()
     positions = dm.positions(split)
@@ -147,3 +147,44 @@ def preview(dm: RatingDataModule, tokenizer, split: str = "train", count: int = 
         header += ", shortened" if fitted.shortened else ""
         out.append(f"{header} ===\n{fitted.text}")
     return out
+
+
+# -- CLI: reczero data stats | preview --------------------------------------------------------------
+@dataclass
+class StatsOptions:
+    """`reczero data stats`' options.
+
+    Args:
+        tokens: also render and tokenise every prompt (with `data.tokenizer`, the policy's) for token counts.
+    """
+
+    tokens: bool = False
+
+
+@dataclass
+class PreviewOptions:
+    """`reczero data preview`'s options.
+
+    Args:
+        split: which split to show prompts of.
+        count: how many prompts.
+        seed: which prompts (a seeded draw).
+    """
+
+    split: str = "train"
+    count: int = 3
+    seed: int = 0
+
+
+def stats_command(data: RatingDataModule, options: StatsOptions) -> dict:
+    """What a data configuration produces: counts, duplicates, ties, splits, history and prompt lengths."""
+    stats = data_stats(data, data.tokenizer if options.tokens else None)
+    print(format_stats(stats))
+    return stats
+
+
+def preview_command(data: RatingDataModule, options: PreviewOptions) -> list[str]:
+    """Rendered prompts of a split, as the policy sees them."""
+    shown = preview(data, data.tokenizer, options.split, options.count, options.seed)
+    print("\n\n".join(shown))
+    return shown

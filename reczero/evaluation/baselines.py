@@ -12,7 +12,7 @@ Before step 3 the test ratings are only checked for count and finiteness; they n
 the choice. Every prediction is clipped to the rating scale; a "(rounded)" twin of each continuous
 method rounds it to the scale's grid as well (an integer guess lowers MAE, as the LLM's do).
 
-What the command (`baselines_main`, on the DataModule's split, see `baseline_split`) fits on:
+What the command (`baselines_command`, on the DataModule's split, see `baseline_split`) fits on:
   - `split: time` (the headline protocol): tuning fits on the training period (timestamps before
     the first cut) and scores the validation samples; the refit uses every interaction before the
     test period (training + validation periods, all of them, not only the validation samples).
@@ -39,11 +39,11 @@ import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from reczero.data.arguments import add_data_arguments, parse_with_config
+from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import prompt_input
 from reczero.data.samples import assign_splits
 from reczero.evaluation.predictors import PREDICTORS, Predictor, TooLargeError, encode
@@ -331,21 +331,33 @@ def split_description(dm, split: dict) -> str:
     )
 
 
-def baselines_main(args: list[str]) -> dict:
-    from jsonargparse import ArgumentParser
+@dataclass
+class BaselineOptions:
+    """`reczero baselines`' own options.
 
-    parser = ArgumentParser(prog="reczero baselines", description="Classical rating predictors on the same split.")
-    add_data_arguments(parser)
-    parser.add_argument("--output", type=str, default=None, help="write the results as JSON here")
-    parser.add_argument("--methods", type=str, nargs="+", default=None, help=f"subset of {', '.join(DEFAULT_GRIDS)}")
-    parser.add_argument("--select-by", type=str, default="mae", choices=["mae", "rmse"])
-    parser.add_argument("--seed", type=int, default=0)
-    cfg = parse_with_config(parser, args)
-    dm = parser.instantiate(cfg).data
+    Args:
+        output: write the results as JSON here (what `reczero report` reads).
+        methods: a subset of the methods (default all: global_mean, user_mean, item_mean, bias_baseline,
+            biased_mf, item_knn).
+        select_by: the validation metric that picks each method's hyper-parameters.
+        seed: seed of the predictors that draw random numbers.
+    """
+
+    output: str | None = None
+    methods: list[str] | None = None
+    select_by: Literal["mae", "rmse"] = "mae"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods or ()) - set(DEFAULT_GRIDS))
+        if unknown:
+            raise ValueError(f"methods: unknown method(s) {unknown}; known: {list(DEFAULT_GRIDS)}")
+
+
+def baselines_command(data: RatingDataModule, options: BaselineOptions) -> dict:
+    """Classical rating predictors, tuned on validation, scored on the LLM's chronological split."""
+    dm, cfg = data, options
     start = time.perf_counter()
-    unknown = sorted(set(cfg.methods or ()) - set(DEFAULT_GRIDS))
-    if unknown:
-        parser.error(f"unknown method(s) {unknown}; known: {list(DEFAULT_GRIDS)}")
     grids = None if cfg.methods is None else {m: DEFAULT_GRIDS[m] for m in cfg.methods}
     split = baseline_split(dm)
     valid, test, scale = split["validation"], split["test"], dm.scale

@@ -3,8 +3,9 @@
 `reczero evaluate` scores a policy on the DataModule's validation or test samples:
   - the policy is the bare base model (zero-shot), a saved peft adapter folder (`--adapter`) or a
     Lightning checkpoint (`--ckpt`, LoRA weights under `policy.`-prefixed state_dict keys, loaded
-    into a policy built from `--policy.*` / the config's `model.init_args.policy`; `policy.loading`);
-  - ratings come from `decoding` (greedy, expected or self_consistency);
+    into a policy built from the config's `model.init_args.policy`; `policy.loading`);
+  - ratings come from `rollout.decoding` (`--decode.mode` greedy, expected or self_consistency), scored
+    by the model's reward spec as in training;
   - metrics from `metrics.rating_metrics`: an unparsable answer counts, scored with the fallback
     below (never as a perfect answer), and lowers the parse rate;
   - `--output preds.jsonl` writes one line per sample and `preds.metrics.json` beside it.
@@ -23,16 +24,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from reczero import metrics
-from reczero.data.arguments import add_data_arguments, parse_with_config
-from reczero.data.batching import PromptCollator
-from reczero.evaluation.decoding import MODES, DecodeConfig, decode_batch, output_fields, rating_candidates
-from reczero.policy.factory import PolicyConfig
+from reczero.data.batching import PromptCollator, pad_id
+from reczero.data.datamodule import RatingDataModule
+from reczero.modules.base import PolicyModule
 from reczero.policy.loading import load_model
 from reczero.rewards import RewardSpec
+from reczero.rollout.decoding import DecodeConfig, decode_batch, output_fields, rating_candidates
 
 log = logging.getLogger(__name__)
 
@@ -111,24 +113,26 @@ def evaluate(
     model,
     tokenizer,
     dm,
+    spec: RewardSpec | None = None,
     split: str = "test",
     cfg: DecodeConfig | None = None,
     limit: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> EvalResult:
-    """Decode a rating for the first `limit` samples of `split` (all when None), in batches of similar length."""
+    """Decode a rating for the first `limit` samples of `split` (all when None), in batches of similar
+    length, scored by `spec` (the reward's format and copy rules)."""
     from tqdm.auto import tqdm
 
-    cfg = cfg or DecodeConfig()
+    cfg, spec = cfg or DecodeConfig(), spec or RewardSpec()
     dm.set_tokenizer(tokenizer)
     dm.setup()
     ds = dm.dataset(split)
     n = len(ds) if limit is None else min(limit, len(ds))
     features = [ds[i] for i in range(n)]
     order = sorted(range(n), key=lambda i: len(features[i]["input_ids"]))  # similar lengths share a batch
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collate, scale = PromptCollator(pad), dm.scale
+    scale = dm.scale
+    collate = PromptCollator(pad_id(tokenizer), scale)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.mode == "self_consistency" else None
     candidates = rating_candidates(tokenizer, scale) if cfg.mode == "expected" else None
@@ -140,19 +144,7 @@ def evaluate(
     for first in range(0, n, batch_size):
         chunk = order[first : first + batch_size]
         batch = collate([features[i] for i in chunk])
-        decoded = decode_batch(
-            model,
-            tokenizer,
-            batch["input_ids"].to(device),
-            batch["attention_mask"].to(device),
-            cfg,
-            scale,
-            dm.response_prefix,
-            generator,
-            candidates,
-            batch["copy_sources"],
-            batch["facts"],
-        )
+        decoded = decode_batch(model, tokenizer, batch, cfg, spec, dm.prompt.response_prefix, generator, candidates)
         for i, d in zip(chunk, decoded):
             pos = features[i]["sample_id"]
             row = dm.data.interactions[dm.table.target[pos]]
@@ -274,84 +266,78 @@ def _rate(value: float | None) -> str:
 
 
 # -- CLI: reczero evaluate ------------------------------------------------------------------------
-CONFIG_SECTIONS = (
-    ("data", "data"),
-    ("model.init_args.policy", "policy"),
-    ("model.init_args.reward", "reward"),
-    ("model.init_args.val_max_new_tokens", "max_new_tokens"),
-)
+@dataclass
+class PolicyOptions:
+    """Which policy to run, and where (shared by `reczero evaluate` and `reczero predict`).
+
+    Args:
+        adapter: a saved peft adapter folder on `model.init_args.policy.model`.
+        ckpt: a Lightning checkpoint (its LoRA weights, loaded into a policy built from `model.init_args.policy`).
+        device: auto | cpu | cuda | cuda:1 ...
+        batch_size: prompts per batch (default data.eval_batch_size).
+        decode: how ratings are decoded; `decode.max_new_tokens` defaults to `model.init_args.val_max_new_tokens`.
+    """
+
+    adapter: str | None = None
+    ckpt: str | None = None
+    device: str = "auto"
+    batch_size: int | None = None
+    decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(max_new_tokens=None))
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def load(self, module: PolicyModule):
+        """(model in eval mode, tokenizer, short name, the decoding with its length resolved)."""
+        model, tokenizer, name = load_model(module.policy_config, self.adapter, self.ckpt, self.device)
+        length = self.decode.max_new_tokens or module.hparams.val_max_new_tokens
+        return model, tokenizer, name, dataclasses.replace(self.decode, max_new_tokens=length)
 
 
-def add_model_arguments(parser) -> None:
-    """--policy.*, --reward.*, --adapter/--ckpt and the decoding options (shared with `reczero predict`)."""
-    parser.add_class_arguments(PolicyConfig, "policy")
-    parser.add_class_arguments(RewardSpec, "reward")
-    parser.add_argument("--adapter", type=str, default=None, help="a saved peft adapter folder")
-    parser.add_argument("--ckpt", type=str, default=None, help="a Lightning checkpoint (LoRA weights)")
-    parser.add_argument("--decoding", type=str, default="greedy", choices=list(MODES))
-    parser.add_argument("--samples", type=int, default=8, help="self_consistency: completions per prompt")
-    parser.add_argument("--temperature", type=float, default=1.0, help="self_consistency sampling temperature")
-    parser.add_argument("--top-p", type=float, default=1.0, help="self_consistency nucleus sampling")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="completion budget")
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help="prompts per batch (default data.eval_batch_size)"
-    )
-    parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:1 ...")
-    parser.add_argument("--seed", type=int, default=0, help="self_consistency sampling seed")
+@dataclass
+class EvaluateOptions(PolicyOptions):
+    """`reczero evaluate`'s own options (besides the policy's).
+
+    Args:
+        split: the split to score.
+        limit: score the first N samples of the split.
+        output: per-sample JSONL; the metrics go to <stem>.metrics.json.
+        name: the method's name in reports (default from the model).
+        no_progress: no progress bar on stderr.
+    """
+
+    split: Literal["validation", "test"] = "test"
+    limit: int | None = None
+    output: str | None = None
+    name: str | None = None
+    no_progress: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
 
 
-def decode_config(cfg, reward) -> DecodeConfig:
-    return DecodeConfig(
-        reject_copies=reward.reject_copies,
-        copy_threshold=reward.copy_threshold,
-        mode=cfg.decoding,
-        max_new_tokens=cfg.max_new_tokens,
-        samples=cfg.samples,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        template=reward.template,
-        allow_trailing_text=reward.allow_trailing_text,
-        seed=cfg.seed,
-    )
-
-
-def build_parser():
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog="reczero evaluate", description="Score a policy on a split (MAE, RMSE, parse rate).")
-    add_data_arguments(parser)
-    add_model_arguments(parser)
-    parser.add_argument("--split", type=str, default="test", choices=["validation", "test"])
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N samples of the split")
-    parser.add_argument("--output", type=str, default=None, help="per-sample JSONL; metrics go to <stem>.metrics.json")
-    parser.add_argument("--name", type=str, default=None, help="method name in reports (default from the model)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    return parser
-
-
-def main(args: list[str]) -> dict:
-    parser = build_parser()
-    cfg = parse_with_config(parser, args, CONFIG_SECTIONS)
-    if cfg.limit is not None and cfg.limit < 1:
-        parser.error("--limit must be >= 1")
-    init = parser.instantiate(cfg)
-    dm, decode = init.data, decode_config(cfg, init.reward)
-    model, tokenizer, name = load_model(init.policy, cfg.adapter, cfg.ckpt, cfg.device)
+def evaluate_command(data: RatingDataModule, model: PolicyModule, options: EvaluateOptions) -> dict:
+    """Score a policy on a split (MAE, RMSE, parse rate, format, copy and grounding rates)."""
+    policy, tokenizer, name, decode = options.load(model)
     if decode.mode != "greedy":
         name += f" [{'expected' if decode.mode == 'expected' else f'sc{decode.samples}'}]"
     result = evaluate(
-        model, tokenizer, dm, cfg.split, decode, cfg.limit, cfg.batch_size or dm.eval_batch_size, not cfg.no_progress
-    )
+        policy, tokenizer, data, model.reward_spec, options.split, decode, options.limit,
+        options.batch_size or data.eval_batch_size, not options.no_progress,
+    )  # fmt: skip
     summary = summarize(
         result,
-        name=cfg.name or name,
-        split=cfg.split,
+        name=options.name or name,
+        split=options.split,
         decoding=dataclasses.asdict(decode),
-        model={"base": init.policy.model, "adapter": cfg.adapter, "ckpt": cfg.ckpt},
-        data={"name": dm.data.name, "scale": dm.scale.name, "limit": cfg.limit},
+        model={"base": model.policy_config.model, "adapter": options.adapter, "ckpt": options.ckpt},
+        data={"name": data.data.name, "scale": data.scale.name, "limit": options.limit},
     )
     print(format_summary(summary))
-    if cfg.output:
-        path = write_outputs(result, summary, cfg.output)
-        print(f"wrote {cfg.output} and {path}")
+    if options.output:
+        path = write_outputs(result, summary, options.output)
+        print(f"wrote {options.output} and {path}")
     return summary

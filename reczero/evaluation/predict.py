@@ -16,7 +16,7 @@ which shows the user's and the item's interactions strictly before `timestamp` (
 interaction), the item's by other users only, and the averages over all of them (as `data/samples.py`).
 
 Every request is checked before the model loads. A bad line stops the run with an error naming the
-line and the field (`--on-bad-row skip`: a warning per line on stderr, counted at the end).
+line and the field (`--on_bad_row skip`: a warning per line on stderr, counted at the end).
 Output per request: {"line", "id", "rating" (parsed, or null), "fallback" (the user's average
 clipped to the scale, else the item's, else the midpoint), "fallback_used", "prediction" (rating,
 else fallback), "format_ok", "completion"}.
@@ -31,11 +31,16 @@ import math
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Literal
 
 from reczero import prompts, reasoning
-from reczero.data.arguments import add_data_arguments, parse_with_config
+from reczero.data.batching import PromptCollator, fallback_rating, pad_id
+from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import item_details
 from reczero.data.schema import DataFormatError, InteractionData, Item, RatingScale
+from reczero.evaluation.evaluate import PolicyOptions
+from reczero.modules.base import PolicyModule
+from reczero.rollout.decoding import decode_batch
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,6 @@ ID_KEYS = {"id", "user", "item", "timestamp"}
 ITEM_KEYS = {"title", "genres", "year", "brand", "price", "description"}
 USER_LINE_KEYS = {"title", "rating", "review", "genres", "details"}
 ITEM_LINE_KEYS = {"rating", "review"}
-EMPTY_FEATURE = {"target": 0.0, "fallback": 0.0, "sample_id": 0, "history_len": 0}  # PromptCollator's other fields
 
 
 @dataclass
@@ -121,14 +125,6 @@ class _Check:
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             self.fail(key, "a list of objects", value)
         return value
-
-
-def _fallback(scale: RatingScale, user_avg: float | None, item_avg: float | None) -> float:
-    """As `batching.fallback_rating`: the user's average, else the item's, else the midpoint; clipped."""
-    for avg in (user_avg, item_avg):
-        if avg is not None:
-            return scale.clip(avg)
-    return (scale.low + scale.high) / 2
 
 
 def _mean(values: list[float]) -> float | None:
@@ -200,7 +196,7 @@ def parse_inline(obj: dict, check: _Check, user_keep: int, item_keep: int) -> tu
         item_avg=item_avg,
         item_count=item_count if item_count is not None else (max(len(item_lines), 1) if item_avg is not None else 0),
     )
-    return inp, _fallback(scale, user_avg, item_avg)
+    return inp, fallback_rating(scale, user_avg, item_avg)
 
 
 class DatasetIndex:
@@ -253,7 +249,7 @@ class DatasetIndex:
             item_count=len(others),
             key=f"{user}|{item}|{before if math.isfinite(before) else 'now'}",
         )
-        return inp, _fallback(data.scale, user_avg, item_avg)
+        return inp, fallback_rating(data.scale, user_avg, item_avg)
 
 
 def parse_request(text: str, line: int, source: str, dm, index_of) -> Request:
@@ -318,17 +314,12 @@ def read_requests(lines, source: str, dm, on_bad_row: str = "error") -> tuple[li
     return requests, skipped
 
 
-def predict_stream(model, tokenizer, dm, requests: list[Request], decode, batch_size: int, out=None) -> int:
+def predict_stream(model, tokenizer, dm, requests: list[Request], decode, spec, batch_size: int, out=None) -> int:
     """Decode every request in batches (input order), writing one JSON line each; returns the count written."""
     import torch
 
-    from reczero.data.batching import PromptCollator
-    from reczero.evaluation.decoding import decode_batch
-
     dm.set_tokenizer(tokenizer)
     renderer = dm.renderer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collate = PromptCollator(pad)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(decode.seed) if decode.mode == "self_consistency" else None
     out = out or sys.stdout
@@ -342,13 +333,17 @@ def predict_stream(model, tokenizer, dm, requests: list[Request], decode, batch_
         for scale, rows in by_scale.items():
             texts = [renderer.render(chunk[i].inp).text for i in rows]
             ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-            batch = collate([{**EMPTY_FEATURE, "input_ids": x} for x in ids])
-            sources = [prompts.copy_sources(scale, renderer.example_for(chunk[i].inp)) for i in rows]
-            facts = [reasoning.prompt_facts(chunk[i].inp) for i in rows]
-            decoded = decode_batch(
-                model, tokenizer, batch["input_ids"].to(device), batch["attention_mask"].to(device), decode, scale,
-                dm.response_prefix, generator, copy_sources=sources, facts=facts,
-            )  # fmt: skip
+            features = [
+                {
+                    "input_ids": x,
+                    "fallback": chunk[i].fallback,
+                    "copy_sources": prompts.copy_sources(scale, renderer.example_for(chunk[i].inp)),
+                    "facts": reasoning.prompt_facts(chunk[i].inp),
+                }
+                for i, x in zip(rows, ids)
+            ]
+            batch = PromptCollator(pad_id(tokenizer), scale)(features)
+            decoded = decode_batch(model, tokenizer, batch, decode, spec, dm.prompt.response_prefix, generator)
             for i, d in zip(rows, decoded):
                 results[i] = d
         for req, d in zip(chunk, results):
@@ -367,34 +362,41 @@ def predict_stream(model, tokenizer, dm, requests: list[Request], decode, batch_
     return written
 
 
-def main(args: list[str]) -> int:
-    from jsonargparse import ArgumentParser
+@dataclass
+class PredictOptions(PolicyOptions):
+    """`reczero predict`'s own options (besides the policy's).
 
-    from reczero.evaluation.evaluate import CONFIG_SECTIONS, add_model_arguments, decode_config
-    from reczero.policy.loading import load_model
+    Args:
+        requests: a JSONL file of requests, or - for stdin.
+        on_bad_row: "error" stops at the first bad line; "skip" warns on stderr and counts it.
+    """
 
-    parser = ArgumentParser(prog="reczero predict", description="Rate requests (JSONL) with a policy.")
-    parser.add_argument("--requests", type=str, required=True, help="a JSONL file, or - for stdin")
-    parser.add_argument("--on-bad-row", type=str, default="error", choices=["error", "skip"])
-    add_data_arguments(parser)
-    add_model_arguments(parser)
-    cfg = parse_with_config(parser, args, CONFIG_SECTIONS)
-    init = parser.instantiate(cfg)
-    dm, decode = init.data, decode_config(cfg, init.reward)
-    source = "<stdin>" if cfg.requests == "-" else cfg.requests
+    requests: str | None = None
+    on_bad_row: Literal["error", "skip"] = "error"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.requests:
+            raise ValueError("requests is required: a JSONL file of requests, or - for stdin")
+
+
+def predict_command(data: RatingDataModule, model: PolicyModule, options: PredictOptions) -> int:
+    """Rate requests (JSONL) with a policy: one JSON line per request on stdout."""
+    source = "<stdin>" if options.requests == "-" else options.requests
     try:
-        if cfg.requests == "-":
-            requests, skipped = read_requests(sys.stdin, source, dm, cfg.on_bad_row)
+        if options.requests == "-":
+            requests, skipped = read_requests(sys.stdin, source, data, options.on_bad_row)
         else:
-            with open(cfg.requests, encoding="utf-8") as fh:
-                requests, skipped = read_requests(fh, source, dm, cfg.on_bad_row)
+            with open(options.requests, encoding="utf-8") as fh:
+                requests, skipped = read_requests(fh, source, data, options.on_bad_row)
     except DataFormatError as err:
-        print(f"error: {err} (use --on-bad-row skip to skip bad lines)", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise ValueError(f"{err} (use --on_bad_row skip to skip bad lines)") from None
     if not requests:
         print(f"no requests to rate ({skipped} bad lines skipped)", file=sys.stderr)
         return 0
-    model, tokenizer, _ = load_model(init.policy, cfg.adapter, cfg.ckpt, cfg.device)
-    written = predict_stream(model, tokenizer, dm, requests, decode, cfg.batch_size or dm.eval_batch_size)
+    policy, tokenizer, _, decode = options.load(model)
+    written = predict_stream(
+        policy, tokenizer, data, requests, decode, model.reward_spec, options.batch_size or data.eval_batch_size
+    )
     print(f"rated {written} requests; skipped {skipped} bad lines", file=sys.stderr)
     return written

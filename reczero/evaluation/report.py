@@ -387,18 +387,32 @@ def write_report(
     return written
 
 
-def main(args: list[str]) -> dict[str, Path]:
-    import argparse
+@dataclass
+class ReportOptions:
+    """`reczero report`'s options.
 
-    parser = argparse.ArgumentParser(prog="reczero report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--inputs", nargs="*", default=[], help="evaluate *.metrics.json and baselines JSON files")
-    parser.add_argument("--runs", nargs="*", default=[], help="training run folders (TensorBoard events inside)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--methods", nargs="*", default=None, help="keep only these methods (names as in the table)")
-    cfg = parser.parse_args(args)
-    if not cfg.inputs and not cfg.runs:
-        parser.error("give --inputs and/or --runs")
-    written = write_report(cfg.inputs, cfg.runs, cfg.out, cfg.methods)
-    print((Path(cfg.out) / "report.md").read_text())
+    Args:
+        inputs: evaluate *.metrics.json and baselines JSON files.
+        runs: training run folders (TensorBoard events inside).
+        out: the output folder.
+        methods: keep only these methods (names as in the table).
+    """
+
+    inputs: list[str] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    out: str | None = None
+    methods: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("out is required: the folder the report is written to")
+        if not self.inputs and not self.runs:
+            raise ValueError("give --inputs and/or --runs")
+
+
+def report_command(options: ReportOptions) -> dict[str, Path]:
+    """One markdown table and PNG plots from evaluation results and training runs (needs the plot extra)."""
+    written = write_report(options.inputs, options.runs, options.out, options.methods)
+    print((Path(options.out) / "report.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written.values()))
     return written

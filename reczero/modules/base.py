@@ -2,8 +2,9 @@
 greedy-decoding validation with honest rating metrics, and adapter-only checkpoints.
 
 The policy (a LoRA / QLoRA `PeftModel`) is built in `configure_model`, so Lightning strategies
-(DDP, FSDP, DeepSpeed) wrap it as they need. The tokenizer is loaded in `setup` and handed to the
-DataModule, which renders prompts with it.
+(DDP, FSDP, DeepSpeed) wrap it as they need. The module never touches the DataModule: the prompt
+settings both need arrive as one `PromptConfig` (`prompt`, the same object the DataModule renders
+with), and each batch carries the rating scale of its targets.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 
 from reczero import metrics, rewards
+from reczero.data.render import PromptConfig
 from reczero.modules.checkpointing import capture_rng, restore_rng
+from reczero.modules.console import StepProgressBar, ValidationTable
 from reczero.policy.adapters import save_adapter
 from reczero.policy.factory import PolicyConfig, build_policy, load_tokenizer
-from reczero.rollout.engine import SamplingConfig, generate
-from reczero.rollout.merge import merged_lora
+from reczero.rollout.decoding import DecodeConfig, decode_batch
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class PolicyModule(L.LightningModule):
     def __init__(
         self,
         policy: PolicyConfig,
+        prompt: PromptConfig,
         reward: rewards.RewardSpec,
         learning_rate: float,
         weight_decay: float,
@@ -62,6 +66,8 @@ class PolicyModule(L.LightningModule):
     ):
         super().__init__()
         policy, reward = as_config(policy, PolicyConfig), as_config(reward, rewards.RewardSpec)
+        if val_max_new_tokens < 1:
+            raise ValueError(f"val_max_new_tokens must be >= 1, got {val_max_new_tokens}")
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         if lr_schedule not in LR_SCHEDULES:
@@ -69,11 +75,12 @@ class PolicyModule(L.LightningModule):
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.policy_config = policy
+        self.prompt = as_config(prompt, PromptConfig)
         self.reward_spec = reward
         self.policy = None
         self.tokenizer = None
-        self.scale = None
-        self.response_prefix = ""  # from the DataModule: scored together with each completion
+        self.scale = None  # of the last validation batch: the validation metrics clip fallbacks to it
+        self.last_val_metrics: dict[str, float] = {}
         self.strict_loading = False  # checkpoints hold the adapter only, not the frozen base weights
         # per validation sample: prediction (NaN: none), target, fallback, format_ok, reward, copied, grounded
         self._val_rows: list[tuple[float, float, float, bool, float, bool, bool]] = []
@@ -82,12 +89,13 @@ class PolicyModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.policy_config)
-        dm = self.trainer.datamodule if self.trainer is not None else None
-        if dm is not None:
-            dm.set_tokenizer(self.tokenizer)
-            self.scale = dm.scale
-            self.response_prefix = dm.response_prefix
-            self.reward_spec.validate_for(self.scale)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The step-counting progress bar (where the trainer shows one) and the before/after validation table."""
+        callbacks: list[L.Callback] = [ValidationTable()]
+        if isinstance(self.trainer.progress_bar_callback, RichProgressBar):
+            callbacks.append(StepProgressBar())
+        return callbacks
 
     def configure_model(self) -> None:
         if self.policy is None:
@@ -100,14 +108,13 @@ class PolicyModule(L.LightningModule):
 
     def check_context_length(self) -> None:
         """Fail at start-up, not mid-run, when prompt budget + completion cannot fit the model's context."""
-        dm = self.trainer.datamodule if self._trainer is not None else None
         context = getattr(getattr(self.policy, "config", None), "max_position_embeddings", None)
-        budget = getattr(dm, "max_prompt_tokens", None)
+        budget = self.prompt.max_prompt_tokens
         if context and budget and budget + self.max_new_tokens() > context:
             raise ValueError(
-                f"data.max_prompt_tokens ({budget}) + max new tokens ({self.max_new_tokens()}) = "
+                f"data.prompt.max_prompt_tokens ({budget}) + max new tokens ({self.max_new_tokens()}) = "
                 f"{budget + self.max_new_tokens()} exceeds the model's context of {context} tokens "
-                f"({self.policy_config.model}); lower data.max_prompt_tokens or the max_new_tokens settings"
+                f"({self.policy_config.model}); lower data.prompt.max_prompt_tokens or the max_new_tokens settings"
             )
 
     def configure_optimizers(self):
@@ -129,28 +136,22 @@ class PolicyModule(L.LightningModule):
         return max(1, int(trainer.estimated_stepping_batches))
 
     # -- validation: greedy decoding, honest metrics ----------------------------------------------
-    def _decode_and_score(self, batch: dict) -> None:
-        sampling = SamplingConfig(temperature=0.0, max_new_tokens=self.hparams.val_max_new_tokens)
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Greedy decoding of the batch's prompts, scored as in training (`rollout.decoding.decode_batch`)."""
+        cfg = DecodeConfig(mode="greedy", max_new_tokens=self.hparams.val_max_new_tokens)
         was_training = self.policy.training
         self.policy.eval()
         try:
-            with merged_lora(self.policy):
-                gen = generate(self.policy, self.tokenizer, batch["input_ids"], batch["attention_mask"], 1, sampling)
+            decoded = decode_batch(
+                self.policy, self.tokenizer, batch, cfg, self.reward_spec, self.prompt.response_prefix
+            )
         finally:
             self.policy.train(was_training)
-        targets = batch["target"].tolist()
-        texts = [self.response_prefix + t for t in gen.texts]
-        scored = rewards.score_batch(
-            texts, targets, self.scale, self.reward_spec, batch.get("copy_sources"), batch.get("facts")
-        )
-        for s, target, fallback in zip(scored, targets, batch["fallback"].tolist()):
-            pred = s.parsed if s.parsed is not None and self.scale.contains(s.parsed) else None
-            row = (math.nan if pred is None else pred, target, fallback, s.format_ok, s.total, s.copied)
-            self._val_rows.append((*row, s.grounded_answer))
-        self._last_val_text = texts[0] if texts else ""
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._decode_and_score(batch)
+        self.scale = batch["scale"]
+        for d, target, fallback in zip(decoded, batch["target"].tolist(), batch["fallback"].tolist()):
+            pred = math.nan if d.prediction is None else d.prediction
+            self._val_rows.append((pred, target, fallback, d.format_ok[0], d.rewards[0], d.copied[0], d.grounded[0]))
+        self._last_val_text = decoded[0].completions[0] if decoded else ""
 
     def on_validation_epoch_start(self) -> None:
         self._val_rows = []

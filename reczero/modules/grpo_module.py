@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from reczero import grpo, rewards
+from reczero.data.render import PromptConfig
 from reczero.modules.base import PolicyModule, as_config
 from reczero.modules.rollout_callback import RolloutCallback
 from reczero.policy.adapters import REFERENCES, merged_base, reference_mode, save_stacked_adapter, stacked_config
@@ -51,6 +52,8 @@ class GRPOModule(PolicyModule):
 
     Args:
         policy: the model, LoRA / 4-bit settings (shared with the SFT module).
+        prompt: the DataModule's prompt settings (`reczero fit` links `data.prompt` here): the response
+            prefix is scored with each completion, the budget checked against the model's context.
         rollout: sampling and grouping (group size, temperature, top-p, max new tokens, seed).
         reward: the rule-based reward (template, graded or exact rating reward, format shaping).
         loss: GRPO loss settings (beta, clip eps, loss type, truncated masking).
@@ -81,6 +84,7 @@ class GRPOModule(PolicyModule):
     def __init__(
         self,
         policy: PolicyConfig = PolicyConfig(),
+        prompt: PromptConfig = PromptConfig(),
         rollout: RolloutConfig = RolloutConfig(),
         reward: rewards.RewardSpec = rewards.RewardSpec(),
         loss: grpo.GRPOLossConfig = grpo.GRPOLossConfig(),
@@ -102,7 +106,15 @@ class GRPOModule(PolicyModule):
         policy, rollout = as_config(policy, PolicyConfig), as_config(rollout, RolloutConfig)
         reward, loss = as_config(reward, rewards.RewardSpec), as_config(loss, grpo.GRPOLossConfig)
         super().__init__(
-            policy, reward, learning_rate, weight_decay, warmup_steps, lr_schedule, val_max_new_tokens, adapter_dir
+            policy,
+            prompt,
+            reward,
+            learning_rate,
+            weight_decay,
+            warmup_steps,
+            lr_schedule,
+            val_max_new_tokens,
+            adapter_dir,
         )
         if micro_batch_size < 1 or num_passes < 1 or max_bad_steps < 1:
             raise ValueError("micro_batch_size, num_passes and max_bad_steps must all be >= 1")
@@ -132,7 +144,7 @@ class GRPOModule(PolicyModule):
         return max(self.hparams.val_max_new_tokens, self.rollout_config.max_new_tokens)
 
     def configure_callbacks(self):
-        return [RolloutCallback(self.rollout_config, self.reward_spec)]
+        return [*super().configure_callbacks(), RolloutCallback(self.rollout_config, self.reward_spec)]
 
     def configure_model(self) -> None:
         if self.policy is None and self.hparams.reference == "sft":

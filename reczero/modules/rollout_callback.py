@@ -30,12 +30,6 @@ class RolloutCallback(L.Callback):
     def state_key(self) -> str:
         return "RolloutCallback"
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and trainer.datamodule is not None:
-            batch = trainer.datamodule.batch_size
-            if batch < 1:
-                raise ValueError(f"data.batch_size must be >= 1, got {batch}")
-
     def _generator(self, device: torch.device, rank: int) -> torch.Generator:
         if self.generator is None or self.generator.device != device:
             gen = torch.Generator(device=device)
@@ -47,6 +41,8 @@ class RolloutCallback(L.Callback):
         return self.generator
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if "labels" in batch:
+            raise ValueError("GRPO trains on prompts, but these are SFT batches: unset data.traces for GRPO")
         model = pl_module.policy
         was_training = model.training
         model.eval()
@@ -57,9 +53,9 @@ class RolloutCallback(L.Callback):
                 batch,
                 self.cfg,
                 self.spec,
-                pl_module.scale,
+                batch["scale"],
                 self._generator(batch["input_ids"].device, trainer.global_rank),
-                pl_module.response_prefix,
+                pl_module.prompt.response_prefix,
             )
         finally:
             model.train(was_training)

@@ -10,25 +10,25 @@ Training:
     the model learns to stop). Logits are computed from the first completion position on only;
   - automatic optimisation: gradient accumulation (`trainer.accumulate_grad_batches`) and clipping
     (`trainer.gradient_clip_val`) come from the Trainer; AdamW + warmup + decay from `PolicyModule`;
-  - batches come from `RatingDataModule.sft_dataloader` (the module hands it the matched traces in
-    `setup`): length-bucketed, resumable mid-epoch from a checkpoint, sharded under DDP;
+  - batches come from the DataModule given `data.traces` (it matches them to train samples):
+    length-bucketed, resumable mid-epoch from a checkpoint, sharded under DDP;
   - validation: the inherited greedy-decoding MAE / RMSE / parse rate on the validation split, plus
-    `val/trace_loss` on `heldout_traces` traces kept out of training (0: none).
+    `val/trace_loss` on the traces the DataModule holds out (`data.heldout_traces`; its second
+    validation loader).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 
 import torch
 import torch.nn.functional as F
 
 from reczero import rewards
+from reczero.data.render import PromptConfig
 from reczero.modules.base import PolicyModule, as_config
 from reczero.policy.factory import PolicyConfig
-from reczero.recone.traces import ON_BAD, load_traces, match_traces
 
 log = logging.getLogger(__name__)
 
@@ -65,71 +65,46 @@ class SFTModule(PolicyModule):
     """RecOne's SFT cold start on the shared policy (LoRA / QLoRA through `policy`).
 
     Args:
-        traces: the trace JSONL file (see `reczero.recone.traces`), matched to train-split samples.
         policy: the model, LoRA / 4-bit settings (shared with the GRPO module).
-        reward: the template and format rules; used to validate traces and score validation decoding.
-        on_bad_trace: "error" stops at the first invalid or unmatched trace (naming file, line and reason);
-            "skip" drops and counts them.
-        heldout_traces: traces kept out of training (a seeded draw) for `val/trace_loss`; 0 disables it.
-        bucket: length-bucketed batches (less padding); off = plain shuffled batches.
+        prompt: the DataModule's prompt settings (`reczero fit` links `data.prompt` here): the response
+            prefix is scored with each validation completion, the budget checked against the context.
+        reward: the template and format rules; used to score validation decoding.
         learning_rate: AdamW learning rate (LoRA: ~1e-4 to 5e-4).
         weight_decay: AdamW weight decay.
         warmup_steps: linear warmup optimizer steps.
         lr_schedule: "constant", "cosine" or "linear" decay after warmup (to 10%).
         val_max_new_tokens: greedy decoding length for validation.
         adapter_dir: where the final LoRA adapter is saved (peft format): GRPO's `policy.adapter_path`.
-        seed: seed of the held-out draw.
     """
 
     def __init__(
         self,
-        traces: str,
         policy: PolicyConfig = PolicyConfig(),
+        prompt: PromptConfig = PromptConfig(),
         reward: rewards.RewardSpec = rewards.RewardSpec(),
-        on_bad_trace: str = "error",
-        heldout_traces: int = 0,
-        bucket: bool = True,
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         lr_schedule: str = "cosine",
         val_max_new_tokens: int = 256,
         adapter_dir: str | None = None,
-        seed: int = 0,
     ):
         policy, reward = as_config(policy, PolicyConfig), as_config(reward, rewards.RewardSpec)
         super().__init__(
-            policy, reward, learning_rate, weight_decay, warmup_steps, lr_schedule, val_max_new_tokens, adapter_dir
+            policy,
+            prompt,
+            reward,
+            learning_rate,
+            weight_decay,
+            warmup_steps,
+            lr_schedule,
+            val_max_new_tokens,
+            adapter_dir,
         )
-        if on_bad_trace not in ON_BAD:
-            raise ValueError(f"on_bad_trace must be one of {ON_BAD}, got {on_bad_trace!r}")
-        if heldout_traces < 0:
-            raise ValueError(f"heldout_traces must be >= 0, got {heldout_traces}")
         self.save_hyperparameters()
-        self._heldout: dict[int, str] = {}
-        self._heldout_loader = None
         self._step_start: float | None = None
         self._step_tokens = 0
-
-    # -- data -----------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        dm = self.trainer.datamodule if self.trainer is not None else None
-        if dm is None or stage not in ("fit", "validate") or dm.sft_completions is not None:
-            return
-        hp = self.hparams
-        traces, bad = load_traces(hp.traces, self.scale, hp.on_bad_trace, self.reward_spec.template)
-        completions, unmatched = match_traces(traces, dm, hp.on_bad_trace)
-        if bad or unmatched:
-            log.warning("skipped %d invalid and %d unmatched traces of %s", bad, unmatched, hp.traces)
-        if len(completions) <= hp.heldout_traces:
-            raise ValueError(
-                f"{len(completions)} usable traces in {hp.traces}, not enough to hold out {hp.heldout_traces}"
-            )
-        held = set(random.Random(hp.seed).sample(sorted(completions), hp.heldout_traces))
-        self._heldout = {p: c for p, c in completions.items() if p in held}
-        dm.sft_completions = {p: c for p, c in completions.items() if p not in held}
-        log.info("SFT on %d traces (%d held out) from %s", len(dm.sft_completions), len(held), hp.traces)
+        self._trace_loss = (0.0, 0)  # held-out traces this validation: (summed token loss, tokens)
 
     # -- the step -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -144,17 +119,20 @@ class SFTModule(PolicyModule):
         return loss
 
     # -- validation: the inherited decoding metrics, plus the held-out trace loss ----------------
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if "labels" not in batch:  # the validation prompts
+            super().validation_step(batch, batch_idx, dataloader_idx)
+            return
+        loss, n = policy_completion_loss(self.policy, batch)  # the DataModule's held-out traces
+        total, count = self._trace_loss
+        self._trace_loss = (total + float(loss) * int(n), count + int(n))
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._trace_loss = (0.0, 0)
+
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        if not self._heldout:
-            return
-        if self._heldout_loader is None:
-            dm = self.trainer.datamodule
-            self._heldout_loader = dm.sft_dataloader(self._heldout, dm.eval_batch_size, shuffle=False)
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for batch in self._heldout_loader:
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                loss, n = policy_completion_loss(self.policy, batch)
-                total, count = total + float(loss) * int(n), count + int(n)
-        self.log("val/trace_loss", total / max(count, 1), rank_zero_only=True, sync_dist=False)
+        total, count = self._trace_loss
+        if count:
+            self.log("val/trace_loss", total / count, rank_zero_only=True, sync_dist=False, add_dataloader_idx=False)

@@ -38,12 +38,14 @@ from functools import partial
 from pathlib import Path
 
 from reczero import rewards
-from reczero.data.arguments import add_data_arguments, parse_with_config
+from reczero.data.batching import left_pad, pad_id
+from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import prompt_input
+from reczero.modules.base import PolicyModule
 from reczero.prompts import answer_format, copy_sources, format_rating
 from reczero.recone.teacher import TEACHER_NAME, template_trace
 from reczero.recone.traces import leaks_hint
-from reczero.scale import RatingScale
+from reczero.scale import EXACT_TOLERANCE, RatingScale
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def judge_direct(
     check, rejected = _check(completion, scale, sources)
     if rejected:
         return rejected
-    if abs(check.rating - truth) > tolerance + rewards.EXACT_TOLERANCE:
+    if abs(check.rating - truth) > tolerance + EXACT_TOLERANCE:
         return Verdict(False, "wrong_rating", check.rating)
     return Verdict(True, "ok", check.rating)
 
@@ -97,7 +99,7 @@ def judge_hinted(completion: str, truth: float, scale: RatingScale, sources: tup
     check, rejected = _check(completion, scale, sources)
     if rejected:
         return rejected
-    if abs(check.rating - truth) > rewards.EXACT_TOLERANCE:
+    if abs(check.rating - truth) > EXACT_TOLERANCE:
         return Verdict(False, "wrong_rating", check.rating)
     leak = leaks_hint(completion, truth, scale)
     if leak is not None:
@@ -165,14 +167,13 @@ def _count(table: dict, verdicts: list[Verdict]) -> None:
 
 
 def _tokenize(tokenizer, texts: list[str], device):
-    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")  # left padding
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)  # [B, P] each
+    ids, mask = left_pad(tokenizer(texts, add_special_tokens=False)["input_ids"], pad_id(tokenizer))  # [B, P] each
+    return ids.to(device), mask.to(device)
 
 
-def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
+def run_coldstart(model, tokenizer, dm, output: str | Path, cfg: ColdstartOptions) -> dict:
     """Build traces for `dm`'s train split with `model` (eval mode; None: `teacher.template_trace`, one
-    deterministic try per sample, no hint round); returns the stats. `cfg` holds num_traces,
-    max_samples, tries, hint_tries, tolerance, batch_size, temperature, top_p, max_new_tokens, seed."""
+    deterministic try per sample, no hint round); returns the stats."""
     import torch
 
     from reczero.rollout.engine import SamplingConfig, generate
@@ -189,7 +190,7 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg) -> dict:
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     device = model.device if model is not None else torch.device("cpu")
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    prefix = dm.response_prefix
+    prefix = dm.prompt.response_prefix
     typical = dm.typical_rating
     log.info("coldstart: %d traces so far, %d train samples left, target %d", have, len(order), cfg.num_traces)
 
@@ -269,69 +270,73 @@ def _summary(stats: dict) -> str:
 
 
 # -- CLI --------------------------------------------------------------------------------------------
-CONFIG_SECTIONS = (("data", "data"), ("model.init_args.policy", "policy"), ("model.init_args.traces", "output"))
+@dataclass
+class ColdstartOptions:
+    """`reczero coldstart`'s options.
+
+    Args:
+        output: the traces JSONL (default: the config's `data.traces`).
+        teacher: hub id or folder (default: `model.init_args.policy.model`); "template": the rule-based teacher.
+        teacher_adapter: a saved LoRA adapter on the teacher (e.g. a RecZero policy).
+        num_traces: stop once the output holds this many.
+        max_samples: try at most this many samples in this run.
+        tries: completions sampled per prompt, per round.
+        hint_tries: completions per hinted prompt (default `tries`; 0: no hint round).
+        tolerance: the largest |rating - truth| kept without a hint.
+        batch_size: samples per generate call.
+        temperature: sampling temperature.
+        top_p: nucleus sampling.
+        max_new_tokens: completion budget.
+        seed: sample order and sampling seed.
+        device: auto | cpu | cuda | cuda:1 ...
+        if_missing: do nothing when the output file exists.
+    """
+
+    output: str | None = None
+    teacher: str | None = None
+    teacher_adapter: str | None = None
+    num_traces: int = 1000
+    max_samples: int | None = None
+    tries: int = 4
+    hint_tries: int | None = None
+    tolerance: float = 0.5
+    batch_size: int = 4
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    seed: int = 0
+    device: str = "auto"
+    if_missing: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("num_traces", "tries", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.hint_tries is not None and self.hint_tries < 0:
+            raise ValueError(f"hint_tries must be >= 0, got {self.hint_tries}")
+        if self.teacher_adapter and not Path(self.teacher_adapter, "adapter_config.json").is_file():
+            raise ValueError(
+                f"teacher_adapter {self.teacher_adapter}: no adapter_config.json there (a peft adapter folder)"
+            )
 
 
-def build_parser():
-    from jsonargparse import ArgumentParser
-
-    from reczero.policy.factory import PolicyConfig
-
-    parser = ArgumentParser(prog="reczero coldstart", description="Build SFT reasoning traces with a teacher model.")
-    add_data_arguments(parser)
-    parser.add_class_arguments(PolicyConfig, "policy")
-    parser.add_argument("--output", type=str, default=None, help="traces JSONL (default: the config's model traces)")
-    parser.add_argument(
-        "--teacher", type=str, default=None, help='hub id or folder (default: policy.model); "template": rule-based'
-    )
-    parser.add_argument(
-        "--teacher-adapter", type=str, default=None, help="a saved LoRA adapter on the teacher (e.g. a RecZero policy)"
-    )
-    parser.add_argument("--num-traces", type=int, default=1000, help="stop once the output holds this many")
-    parser.add_argument("--max-samples", type=int, default=None, help="try at most this many samples in this run")
-    parser.add_argument("--tries", type=int, default=4, help="completions sampled per prompt, per round")
-    parser.add_argument(
-        "--hint-tries",
-        type=int,
-        default=None,
-        help="completions per hinted prompt (default --tries; 0: no hint round)",
-    )
-    parser.add_argument("--tolerance", type=float, default=0.5, help="max |rating - truth| kept without a hint")
-    parser.add_argument("--batch-size", type=int, default=4, help="samples per generate call")
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0, help="sample order and sampling seed")
-    parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:1 ...")
-    parser.add_argument("--if-missing", action="store_true", help="do nothing when the output file exists")
-    return parser
-
-
-def main(args: list[str]) -> dict | None:
+def coldstart_command(data: RatingDataModule, model: PolicyModule, options: ColdstartOptions) -> dict | None:
+    """Build RecOne's SFT reasoning traces with a teacher (a model, or the rule-based template)."""
+    from reczero.policy.factory import load_tokenizer
     from reczero.policy.loading import load_model
 
-    parser = build_parser()
-    cfg = parse_with_config(parser, args, CONFIG_SECTIONS)
-    if not cfg.output:
-        parser.error("--output is required (or a --config whose model.init_args.traces names the file)")
-    for name in ("num_traces", "tries", "batch_size"):
-        if getattr(cfg, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if cfg.hint_tries is not None and cfg.hint_tries < 0:
-        parser.error("--hint-tries must be >= 0")
-    if cfg.if_missing and Path(cfg.output).exists():
-        print(f"{cfg.output} exists; nothing to do (--if-missing)")
+    output = options.output or data.traces
+    if not output:
+        raise ValueError("output is required (or a --config whose data.traces names the file)")
+    if options.if_missing and Path(output).exists():
+        print(f"{output} exists; nothing to do (--if_missing)")
         return None
-    init = parser.instantiate_classes(cfg)
-    teacher = dataclasses.replace(init.policy, model=cfg.teacher or init.policy.model, adapter_path=None)
-    if cfg.teacher_adapter and not Path(cfg.teacher_adapter, "adapter_config.json").is_file():
-        parser.error(f"--teacher-adapter {cfg.teacher_adapter}: no adapter_config.json there (a peft adapter folder)")
-    if cfg.teacher == TEACHER_NAME:  # no model to load; the policy's tokenizer renders the prompts
-        from reczero.policy.factory import load_tokenizer
-
-        model, tokenizer = None, load_tokenizer(init.policy)
+    policy = model.policy_config
+    if options.teacher == TEACHER_NAME:  # no model to load; the policy's tokenizer renders the prompts
+        teacher, tokenizer = None, load_tokenizer(policy)
     else:
-        model, tokenizer, _ = load_model(teacher, adapter=cfg.teacher_adapter, device=cfg.device)
-    stats = run_coldstart(model, tokenizer, init.data, cfg.output, cfg)
-    print(f"{cfg.output}: {_summary(stats)}")
+        config = dataclasses.replace(policy, model=options.teacher or policy.model, adapter_path=None)
+        teacher, tokenizer, _ = load_model(config, adapter=options.teacher_adapter, device=options.device)
+    stats = run_coldstart(teacher, tokenizer, data, output, options)
+    print(f"{output}: {_summary(stats)}")
     return stats

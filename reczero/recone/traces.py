@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reczero import rewards
-from reczero.scale import RatingScale
+from reczero.scale import EXACT_TOLERANCE, RatingScale
 
 ON_BAD = ("error", "skip")
 
@@ -90,7 +90,7 @@ def parse_trace(obj, scale: RatingScale, template: str = "four_step", line: int 
     check = rewards.check_format(completion, scale, template)
     if not check.ok:
         raise TraceError(f"completion fails the format check ({check.reason})")
-    if abs(check.rating - float(rating)) > rewards.EXACT_TOLERANCE:
+    if abs(check.rating - float(rating)) > EXACT_TOLERANCE:
         raise TraceError(f"`rating` {rating!r} differs from the completion's rating block ({check.rating:g})")
     return Trace(completion, float(rating), key, user, item, timestamp, line, extra)
 
@@ -208,7 +208,7 @@ def leaks_hint(completion: str, rating: float, scale: RatingScale) -> str | None
     text = completion[: completion.rfind("<rate>")] if "<rate>" in completion else completion
     lower = text.lower()
     for token in _NUMBER_TOKEN.findall(lower):
-        if abs(float(token) - rating) < rewards.EXACT_TOLERANCE:
+        if abs(float(token) - rating) < EXACT_TOLERANCE:
             return f"number:{token}"
     whole, half = int(math.floor(rating)), rating - math.floor(rating)
     if 0 <= whole < len(NUMBER_WORDS) and (whole != 1 or half):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -75,7 +75,6 @@ class RolloutRecord:
     texts:           N decoded completions
     group_size:      G
     generation_seconds: wall time spent sampling
-    old_logp:        [N, C] rollout-time log-probs; filled only when a rollout is reused for several passes
     """
 
     input_ids: torch.Tensor
@@ -95,12 +94,6 @@ class RolloutRecord:
     texts: list[str]
     group_size: int
     generation_seconds: float = 0.0
-    old_logp: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def completion_ids(self) -> torch.Tensor:
-        return self.input_ids[:, self.prompt_width :]  # [N, C]
 
     def to(self, device: torch.device | str) -> RolloutRecord:
         moved = {}

@@ -1,6 +1,8 @@
-"""Turning a policy into ratings: greedy, expected (probability-weighted) and self-consistency decoding.
+"""Turning a policy into scored ratings: greedy, expected (probability-weighted) and self-consistency decoding.
 
-Used by `reczero evaluate` and `reczero predict` on left-padded prompt batches (`input_ids [B, P]`):
+`decode_batch` is the one decode-and-score path: validation during training (`modules.base`),
+`reczero evaluate` and `reczero predict` all call it on left-padded prompt batches (`input_ids [B, P]`)
+and score every completion with `rewards.score_batch` (format, copy check, grounding, reward):
 
 - `greedy` (the paper's protocol): one greedy completion; the rating is the number in the LAST
   rating block (`rewards.parse_rating`), None when it does not parse to a value inside the scale.
@@ -18,7 +20,7 @@ Used by `reczero evaluate` and `reczero predict` on left-padded prompt batches (
 - `self_consistency`: `samples` completions at `temperature`; the rating is the mean of the
   parsable, in-scale ratings among them (unparsable samples are ignored; None when none parse).
 
-This module imports torch and `reczero.rollout` (the engine and `merged_lora`) only; models come in from the caller.
+This module imports torch, the pure method and the rollout engine only; models come in from the caller.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reczero import prompts, rewards
+from reczero.data.batching import left_pad, pad_id
 from reczero.rollout.engine import SamplingConfig, generate
 from reczero.rollout.merge import merged_lora
 from reczero.scale import RatingScale
@@ -40,55 +43,44 @@ MODES = ("greedy", "expected", "self_consistency")
 
 @dataclass
 class DecodeConfig:
-    """How ratings are decoded (`--decoding`, `--samples`, `--temperature`, ...).
+    """How ratings are decoded (`--decoding`, `--samples`, `--temperature`, ...). How they are scored
+    (template, format rules, copy check) is the `rewards.RewardSpec` passed next to it.
 
     mode: greedy | expected | self_consistency (module docstring).
-    max_new_tokens: completion budget per sample.
+    max_new_tokens: completion budget per sample (None: the caller's default).
     samples / temperature / top_p: self_consistency only.
-    template: the reward template naming the rating tag (`rewards.TEMPLATES`), e.g. four_step -> `<rate>`.
-    allow_trailing_text: the format check's tolerance for text after the last block (`rewards.check_format`).
-    reject_copies / copy_threshold: the format check's copy rule (`rewards.RewardSpec`); copies are
-        counted either way.
     seed: self_consistency sampling seed.
     """
 
     mode: str = "greedy"
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = 256
     samples: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
-    template: str = "four_step"
-    allow_trailing_text: bool = False
-    reject_copies: bool = True
-    copy_threshold: float = rewards.COPY_THRESHOLD
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"decoding must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.max_new_tokens < 1:
+            raise ValueError(f"decode.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
         if self.mode == "self_consistency" and self.temperature <= 0:
             raise ValueError("self_consistency needs temperature > 0 (at 0 every sample is the greedy one)")
-        rewards.get_template(self.template)
-
-    @property
-    def rating_tag(self) -> str:
-        return rewards.get_template(self.template).rating_tag
 
     @property
     def num_samples(self) -> int:
         return self.samples if self.mode == "self_consistency" else 1
 
-    def sampling(self) -> SamplingConfig:
+    def sampling(self, rating_tag: str) -> SamplingConfig:
+        """Sampling settings that stop at the rating block's closing tag."""
         temperature = self.temperature if self.mode == "self_consistency" else 0.0
         return SamplingConfig(
             temperature=temperature,
             top_p=self.top_p if temperature > 0 else 1.0,
             max_new_tokens=self.max_new_tokens,
-            stop_strings=(f"</{self.rating_tag}>",),
+            stop_strings=(f"</{rating_tag}>",),
         )
 
 
@@ -105,6 +97,7 @@ class Decoded:
     copied / grounded: per completion, whether its reasoning copies the prompt's skeleton or example,
         and whether it is no copy and names facts of this prompt in both analyses (`rewards`).
     greedy: expected mode: the greedy completion's own rating (inside the scale), so one pass scores both.
+    rewards: each completion's total reward against the batch's `target` (None for requests without one).
     """
 
     prediction: float | None
@@ -116,6 +109,7 @@ class Decoded:
     copied: list[bool] = field(default_factory=list)
     grounded: list[bool] = field(default_factory=list)
     greedy: float | None = None
+    rewards: list[float] | None = None
 
     def json_fields(self) -> dict:
         return output_fields(self.completions, self.format_ok, self.rate_mass)
@@ -229,14 +223,9 @@ def _rate_context(
 
 
 @torch.no_grad()
-def last_logits(model, contexts: list[list[int]], pad_id: int, device) -> torch.Tensor:
+def last_logits(model, contexts: list[list[int]], pad: int, device) -> torch.Tensor:
     """One forward over left-padded token lists: the logits at each one's last position [N, V]."""
-    width = max(len(c) for c in contexts)
-    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)  # [N, L]
-    mask = torch.zeros_like(ids)  # [N, L]
-    for row, ctx in enumerate(contexts):
-        ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
-        mask[row, width - len(ctx) :] = 1
+    ids, mask = left_pad(contexts, pad)  # [N, L] each
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [N, L]
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
@@ -247,39 +236,31 @@ def last_logits(model, contexts: list[list[int]], pad_id: int, device) -> torch.
 def decode_batch(
     model,
     tokenizer,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    batch: dict,
     cfg: DecodeConfig,
-    scale: RatingScale,
+    spec: rewards.RewardSpec,
     response_prefix: str = "",
     generator: torch.Generator | None = None,
     candidates: RatingCandidates | None = None,
-    copy_sources: list | None = None,
-    facts: list | None = None,
 ) -> list[Decoded]:
-    """Decode a rating for each left-padded prompt (`input_ids [B, P]`); the model must be in eval mode.
-    `copy_sources` / `facts` (one per prompt, from the collator) feed the copy check and grounding."""
-    g = cfg.num_samples
+    """Decode and score a rating for each prompt of a `PromptCollator` batch; the model must be in eval mode.
+
+    The batch's `scale`, `copy_sources` and `facts` feed the format and copy checks and the grounding
+    measure (`rewards.score_batch`); rewards are computed against `target`, or, for requests without
+    one (`target` None), against `fallback` and not reported.
+    """
+    g, scale = cfg.num_samples, batch["scale"]
+    device = next(model.parameters()).device
+    input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # [B, P]
+    sampling = cfg.sampling(rewards.get_template(spec.template).rating_tag)
     with merged_lora(model):
-        gen = generate(model, tokenizer, input_ids, attention_mask, g, cfg.sampling(), generator)
+        gen = generate(model, tokenizer, input_ids, attention_mask, g, sampling, generator)
     texts = [response_prefix + t for t in gen.texts]  # [B*G], prompt-major
-    checks = [
-        rewards.check_format(
-            t,
-            scale,
-            cfg.template,
-            cfg.allow_trailing_text,
-            copy_sources[i // g] if copy_sources else (),
-            cfg.copy_threshold,
-            cfg.reject_copies,
-        )
-        for i, t in enumerate(texts)
-    ]
-    parsed = [c.rating for c in checks]  # `rewards.parse_rating` of the rating tag, scale not checked
-    grounded = [
-        facts is not None and not c.copied and rewards.answer_grounding(t, facts[i // g], cfg.template).both
-        for i, (t, c) in enumerate(zip(texts, checks))
-    ]
+    has_target = batch.get("target") is not None
+    per_row = lambda key: None if batch.get(key) is None else [x for x in batch[key] for _ in range(g)]  # noqa: E731
+    truth = [float(t) for t in per_row("target" if has_target else "fallback")]  # [B*G]
+    scored = rewards.score_batch(texts, truth, scale, spec, per_row("copy_sources"), per_row("facts"))
+    parsed = [s.parsed for s in scored]  # `rewards.parse_rating` of the rating tag, scale not checked
     finished = gen.finished.tolist()
     out = []
     for b in range(input_ids.shape[0]):
@@ -289,33 +270,44 @@ def decode_batch(
         else:
             p = parsed[b]
             prediction = p if p is not None and scale.contains(p) else None
-        flags = [c.ok for c in checks[rows]], finished[rows], None, [c.copied for c in checks[rows]], grounded[rows]
-        greedy = prediction if cfg.mode != "self_consistency" else None
-        out.append(Decoded(prediction, texts[rows], parsed[rows], *flags, greedy=greedy))
+        out.append(
+            Decoded(
+                prediction,
+                texts[rows],
+                parsed[rows],
+                [s.format_ok for s in scored[rows]],
+                finished[rows],
+                None,
+                [s.copied for s in scored[rows]],
+                [s.grounded_answer for s in scored[rows]],
+                greedy=prediction if cfg.mode != "self_consistency" else None,
+                rewards=[s.total for s in scored[rows]] if has_target else None,
+            )
+        )
     if cfg.mode == "expected":
         _add_expectations(
-            model, tokenizer, input_ids, attention_mask, gen, out, cfg, scale, response_prefix, candidates
+            model, tokenizer, input_ids, attention_mask, gen, out, cfg, spec, scale, response_prefix, candidates
         )
     return out
 
 
-def _add_expectations(model, tokenizer, input_ids, attention_mask, gen, out, cfg, scale, prefix, candidates) -> None:
+def _add_expectations(
+    model, tokenizer, input_ids, attention_mask, gen, out, cfg, spec, scale, prefix, candidates
+) -> None:
     """Replace each greedy prediction by the expectation at its last rating tag (where there is one)."""
     candidates = candidates or rating_candidates(tokenizer, scale)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rating_tag = rewards.get_template(spec.template).rating_tag
     contexts, rows = [], []
     for b in range(len(out)):
         length = int(gen.lengths[b])
-        ctx, found = _rate_context(
-            gen.tokens[b, :length].tolist(), gen.texts[b], prefix, tokenizer, f"<{cfg.rating_tag}>"
-        )
+        ctx, found = _rate_context(gen.tokens[b, :length].tolist(), gen.texts[b], prefix, tokenizer, f"<{rating_tag}>")
         if found:
             prompt = input_ids[b][attention_mask[b].bool()].tolist()  # unpadded prompt
             contexts.append(prompt + ctx)
             rows.append(b)
     if not contexts:
         return
-    logits = last_logits(model, contexts, pad, input_ids.device)  # [N, V]
+    logits = last_logits(model, contexts, pad_id(tokenizer), input_ids.device)  # [N, V]
     for row, b in enumerate(rows):
         value, mass = expected_from_logits(logits[row], candidates)
         out[b].rate_mass = mass
