@@ -16,15 +16,16 @@ import torch
 from tiny import make_tiny_tokenizer
 
 from reczero import prompts
-from reczero.data.batching import ResumableSampler, fallback_rating, sft_collate
+from reczero.data.batching import ResumableSampler, fallback_rating, scale_of, sft_collate
 from reczero.data.cache import load_or_build
 from reczero.data.datamodule import RatingDataModule
-from reczero.data.render import PromptRenderer, prompt_input
+from reczero.data.render import PromptConfig, PromptRenderer, prompt_input
 from reczero.data.samples import SampleConfig, SampleTable, split_counts
 from reczero.data.schema import SCALES, InteractionData
 from reczero.data.sources import SourceConfig
 
 SOURCE = SourceConfig(format="synthetic", synthetic_users=30, synthetic_items=20, synthetic_ratings_per_user=8)
+PROMPT_FIELDS = {f.name for f in dataclasses.fields(PromptConfig)}
 SAMPLES = SampleConfig(min_history=2)
 
 
@@ -35,7 +36,9 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def make_dm(cache_dir: Path, tokenizer=None, **kwargs) -> RatingDataModule:
-    kwargs = {"source": SOURCE, "samples": SAMPLES, "cache_dir": str(cache_dir), **kwargs}
+    """A set-up DataModule; `PromptConfig` fields among `kwargs` go into its `prompt`."""
+    prompt = {k: kwargs.pop(k) for k in list(kwargs) if k in PROMPT_FIELDS}
+    kwargs = {"source": SOURCE, "samples": SAMPLES, "cache_dir": str(cache_dir), "prompt": PromptConfig(**prompt), **kwargs}
     dm = RatingDataModule(**kwargs)
     dm.setup()
     if tokenizer is not None:
@@ -190,8 +193,8 @@ def test_prompt_batches(cache_dir, tiny_tokenizer) -> None:
             assert mask[row, ids.shape[1] - n :].all() and not mask[row, : ids.shape[1] - n].any()  # left padding
             assert (ids[row, : ids.shape[1] - n] == pad).all()
             assert ids[row, ids.shape[1] - n :].tolist() == item["input_ids"]
-            assert batch["target"][row].item() == rows[dm.table.target[pos]].rating
-            assert batch["fallback"][row].item() == pytest.approx(fallback_rating(dm.table, pos, dm.data))
+            assert batch["target"][row].item() == rows[dm.table.target[pos]].rating and scale_of(batch) == dm.scale
+            assert batch["fallback"][row].item() == pytest.approx(fallback_rating(dm.scale, dm.table.user_avg[pos], dm.table.item_avg[pos]))
             assert batch["history_len"][row].item() == len(dm.table.user_history[pos]) + len(
                 dm.table.item_history[pos]
             )
@@ -213,11 +216,10 @@ def test_fallback_rating_rule(cache_dir) -> None:
             want, kinds = scale.clip(table.item_avg[pos]), kinds | {"item"}
         else:
             want = (scale.low + scale.high) / 2
-        assert fallback_rating(table, pos, dm.data) == pytest.approx(want)
+        assert fallback_rating(scale, table.user_avg[pos], table.item_avg[pos]) == pytest.approx(want)
     assert kinds == {"user", "item"}
-    data = InteractionData("hand", [], {}, SCALES["0.5-5"])
-    hand = SampleTable(target=[0] * 4, user_avg=[7.0, None, None, 0.1], item_avg=[1.0, 0.2, None, 3.0])
-    assert [fallback_rating(hand, p, data) for p in range(4)] == [5.0, 0.5, 2.75, 0.5]
+    hand = [(7.0, 1.0), (None, 0.2), (None, None), (0.1, 3.0)]
+    assert [fallback_rating(SCALES["0.5-5"], u, i) for u, i in hand] == [5.0, 0.5, 2.75, 0.5]
 
 
 def test_sft_collate_masks_the_prompt_and_padding() -> None:
@@ -392,9 +394,9 @@ def test_datamodule_argument_checks(tmp_path) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         RatingDataModule(batch_size=0, cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="max_prompt_tokens"):
-        RatingDataModule(max_prompt_tokens=8, cache_dir=str(tmp_path))
+        PromptConfig(max_prompt_tokens=8)
     dm = make_dm(tmp_path)
-    with pytest.raises(RuntimeError, match="set_tokenizer"):
+    with pytest.raises(RuntimeError, match="data.tokenizer"):
         dm.dataset("train")
 
 

@@ -13,11 +13,12 @@ from tiny import perturb_lora
 
 from reczero import rewards
 from reczero.data.datamodule import RatingDataModule
+from reczero.data.render import PromptConfig
 from reczero.data.samples import SampleConfig, assign_splits
 from reczero.data.schema import SCALES
 from reczero.data.sources import SourceConfig
-from reczero.evaluation import decoding
-from reczero.evaluation.decoding import (
+from reczero.rollout import decoding
+from reczero.rollout.decoding import (
     DecodeConfig,
     decode_batch,
     expected_from_logits,
@@ -26,6 +27,8 @@ from reczero.evaluation.decoding import (
 )
 from reczero.evaluation.evaluate import EvalResult, SampleResult, evaluate, summarize
 from reczero.policy.loading import load_checkpoint_weights
+
+PAPER = rewards.RewardSpec()
 
 SCRIPT = (
     "<analyze user>likes drama</analyze user><analyze item>a drama</analyze item><match>fits</match><rate>4</rate>"
@@ -91,11 +94,17 @@ def _tok(tokenizer, text: str) -> int:
     return ids[0]
 
 
+def prompt_batch(ids: torch.Tensor, mask: torch.Tensor, scale=SCALES["1-5"]) -> dict:
+    """A `PromptCollator`-shaped batch of requests (no target: scored against a fallback of 3)."""
+    scale = (scale.low, scale.high, scale.step)
+    return {"input_ids": ids, "attention_mask": mask, "scale": scale, "fallback": torch.full((ids.shape[0],), 3.0)}
+
+
 def tiny_data(tmp_path, **kwargs) -> RatingDataModule:
     return RatingDataModule(
         source=SourceConfig(format="synthetic", synthetic_users=30, synthetic_items=20, synthetic_ratings_per_user=8),
         samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 6, "test": 6}),
-        max_prompt_tokens=2048,
+        prompt=PromptConfig(max_prompt_tokens=2048),
         cache_dir=str(tmp_path / "cache"),
         **kwargs,
     )
@@ -127,10 +136,14 @@ def test_expected_decoding_on_known_logits(tiny_tokenizer, tiny_model):
     model = ScriptedLM(tiny_model, tiny_tokenizer, {_tok(tiny_tokenizer, t): p for t, p in probs.items()})
     ids, mask = _prompts(tiny_tokenizer)
     scale = SCALES["1-5"]
-    greedy = decode_batch(model, tiny_tokenizer, ids, mask, DecodeConfig(max_new_tokens=64), scale)
+    greedy = decode_batch(
+        model, tiny_tokenizer, prompt_batch(ids, mask, scale), DecodeConfig(max_new_tokens=64), PAPER
+    )
     assert [d.completions[0] for d in greedy] == [SCRIPT, SCRIPT]
     assert [d.prediction for d in greedy] == [4.0, 4.0] and greedy[0].format_ok == [True]
-    expected = decode_batch(model, tiny_tokenizer, ids, mask, DecodeConfig("expected", max_new_tokens=64), scale)
+    expected = decode_batch(
+        model, tiny_tokenizer, prompt_batch(ids, mask, scale), DecodeConfig("expected", max_new_tokens=64), PAPER
+    )
     for d in expected:
         assert d.prediction == pytest.approx(4.1)  # (3 * .16 + 4 * .4 + 5 * .24) / .8
         assert d.rate_mass == pytest.approx(0.8)
@@ -147,7 +160,12 @@ def test_expected_decoding_with_the_tag_in_the_response_prefix(tiny_tokenizer, t
     model.rate_index = 0  # the prompt ends where SCRIPT's `<rate>` ends
     model.script = [0] + tiny_tokenizer.encode(SCRIPT[RATE_AT + 1 :], add_special_tokens=False)
     (d,) = decode_batch(
-        model, tiny_tokenizer, ids, mask, DecodeConfig("expected", max_new_tokens=32), SCALES["1-5"], prefix
+        model,
+        tiny_tokenizer,
+        prompt_batch(ids, mask, SCALES["1-5"]),
+        DecodeConfig("expected", max_new_tokens=32),
+        PAPER,
+        prefix,
     )
     assert d.prediction == pytest.approx(2.5) and d.rate_mass == pytest.approx(1.0)
 
@@ -156,7 +174,13 @@ def test_expected_without_rate_tag_keeps_the_greedy_parse(tiny_tokenizer, tiny_m
     script = "<analyze user>no rating here</analyze user>"
     model = ScriptedLM(tiny_model, tiny_tokenizer, {}, script=script)
     ids, mask = _prompts(tiny_tokenizer, 1)
-    (d,) = decode_batch(model, tiny_tokenizer, ids, mask, DecodeConfig("expected", max_new_tokens=32), SCALES["1-5"])
+    (d,) = decode_batch(
+        model,
+        tiny_tokenizer,
+        prompt_batch(ids, mask, SCALES["1-5"]),
+        DecodeConfig("expected", max_new_tokens=32),
+        PAPER,
+    )
     assert d.completions == [script] and d.prediction is None and d.rate_mass is None
 
 
@@ -173,7 +197,12 @@ def test_self_consistency_averages_the_parsable_samples(tiny_tokenizer, tiny_mod
     ids, mask = _prompts(tiny_tokenizer, 2)
     cfg = DecodeConfig("self_consistency", max_new_tokens=64, samples=8, temperature=1.0)
     out = decode_batch(
-        model, tiny_tokenizer, ids, mask, cfg, SCALES["1-5"], generator=torch.Generator().manual_seed(0)
+        model,
+        tiny_tokenizer,
+        prompt_batch(ids, mask, SCALES["1-5"]),
+        cfg,
+        PAPER,
+        generator=torch.Generator().manual_seed(0),
     )
     seen = set()
     for d in out:
@@ -186,14 +215,16 @@ def test_self_consistency_averages_the_parsable_samples(tiny_tokenizer, tiny_mod
     assert seen == {3.0, 5.0, None}  # all three outcomes were drawn (seeded)
     # every sample unparsable -> None (the caller's fallback)
     model = ScriptedLM(tiny_model, tiny_tokenizer, {_tok(tiny_tokenizer, "a"): 1.0})
-    (d,) = decode_batch(model, tiny_tokenizer, ids[:1], mask[:1], cfg, SCALES["1-5"])
+    (d,) = decode_batch(model, tiny_tokenizer, prompt_batch(ids[:1], mask[:1], SCALES["1-5"]), cfg, PAPER)
     assert d.prediction is None and d.parsed == [None] * 8
 
 
 # -- metrics and fallbacks through evaluate -----------------------------------------------------
 def test_evaluate_counts_every_unparsable_answer_with_its_fallback(tmp_path, tiny_tokenizer, tiny_model):
     dm = tiny_data(tmp_path)
-    result = evaluate(tiny_model, tiny_tokenizer, dm, "validation", DecodeConfig(max_new_tokens=3), progress=False)
+    result = evaluate(
+        tiny_model, tiny_tokenizer, dm, PAPER, "validation", DecodeConfig(max_new_tokens=3), progress=False
+    )
     assert len(result.rows) == 6
     assert all(r.prediction is None for r in result.rows)  # 3 random tokens never hold a rating block
     summary = summarize(result, name="tiny", split="validation", decoding={"mode": "greedy"}, data={"name": "syn"})
@@ -213,7 +244,7 @@ def test_evaluate_expected_mode_end_to_end(tmp_path, tiny_tokenizer, tiny_model)
     model = ScriptedLM(tiny_model, tiny_tokenizer, {_tok(tiny_tokenizer, t): p for t, p in probs.items()})
     dm = tiny_data(tmp_path)
     cfg = DecodeConfig("expected", max_new_tokens=64)
-    result = evaluate(model, tiny_tokenizer, dm, "test", cfg, limit=4, batch_size=3, progress=False)
+    result = evaluate(model, tiny_tokenizer, dm, PAPER, "test", cfg, limit=4, batch_size=3, progress=False)
     assert [r.prediction for r in result.rows] == pytest.approx([4.1] * 4)
     summary = summarize(result, name="scripted", split="test", decoding={"mode": "expected"}, data={})
     assert summary["metrics"]["mae"] == pytest.approx(sum(abs(4.1 - r.target) for r in result.rows) / 4)
@@ -299,13 +330,13 @@ def test_checkpoint_of_another_rank_or_a_partial_one_is_refused(tmp_path, tiny_m
 DATA_SECTION = {
     "source": {"format": "synthetic", "synthetic_users": 30, "synthetic_items": 20, "synthetic_ratings_per_user": 8},
     "samples": {"user_history": 3, "item_history": 3, "min_history": 2, "max_samples": {"validation": 5, "test": 5}},
-    "max_prompt_tokens": 2048,
+    "prompt": {"max_prompt_tokens": 2048},
     "eval_batch_size": 4,
 }
 
 
 def test_evaluate_command_with_a_fit_config_and_a_checkpoint(tmp_path, tiny_model_dir):
-    from reczero.evaluation.evaluate import main
+    from reczero.cli import main
     from reczero.policy.factory import PolicyConfig, build_policy
 
     policy = {"model": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8}
@@ -319,7 +350,15 @@ def test_evaluate_command_with_a_fit_config_and_a_checkpoint(tmp_path, tiny_mode
     (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
     _checkpoint(perturb_lora(build_policy(PolicyConfig(**policy))), tmp_path / "step.ckpt")
     out = tmp_path / "eval" / "preds.jsonl"
-    args = ["--config", str(tmp_path / "fit.yaml"), "--ckpt", str(tmp_path / "step.ckpt"), "--split", "validation"]
+    args = [
+        "evaluate",
+        "--config",
+        str(tmp_path / "fit.yaml"),
+        "--ckpt",
+        str(tmp_path / "step.ckpt"),
+        "--split",
+        "validation",
+    ]
     summary = main([*args, "--limit", "3", "--output", str(out), "--no-progress"])
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 3 and summary["evaluated"] == 3 and summary["split_size"] == 5
@@ -334,11 +373,20 @@ def test_evaluate_command_with_a_fit_config_and_a_checkpoint(tmp_path, tiny_mode
 
 
 def test_baselines_command_on_a_small_synthetic_set(tmp_path, capsys):
-    from reczero.evaluation.baselines import baselines_main
+    from reczero.cli import main
 
     data = [f"--data.cache_dir={tmp_path / 'cache'}", "--data.source.synthetic_users=40"]
-    out = baselines_main(
-        [*data, "--methods", "global_mean", "user_mean", "bias_baseline", "--output", str(tmp_path / "b.json")]
+    out = main(
+        [
+            "baselines",
+            *data,
+            "--methods",
+            "global_mean",
+            "user_mean",
+            "bias_baseline",
+            "--output",
+            str(tmp_path / "b.json"),
+        ]
     )
     printed = capsys.readouterr().out
     assert "| bias_baseline |" in printed and "leave-last" in printed
@@ -372,11 +420,11 @@ def test_baselines_command_on_a_small_synthetic_set(tmp_path, capsys):
 
 
 def test_decode_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="decoding must be one of"):
+    with pytest.raises(ValueError, match="decode.mode must be one of"):
         DecodeConfig("beam")
     with pytest.raises(ValueError, match="temperature > 0"):
         DecodeConfig("self_consistency", temperature=0)
-    assert decoding.DecodeConfig(template="think_answer").sampling().stop_strings == ("</answer>",)
+    assert decoding.DecodeConfig().sampling("answer").stop_strings == ("</answer>",)
 
 
 def test_rate_context_cuts_on_the_models_own_token_boundary(tiny_tokenizer):

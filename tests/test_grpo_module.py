@@ -9,8 +9,10 @@ import pytest
 import torch
 from tiny import perturb_lora
 
-from reczero import rewards
+from reczero import grpo, rewards
 from reczero.data.datamodule import RatingDataModule
+from reczero.data.batching import scale_of
+from reczero.data.render import PromptConfig
 from reczero.data.samples import SampleConfig
 from reczero.data.sources import SourceConfig
 from reczero.modules.grpo_module import GRPOModule
@@ -96,22 +98,29 @@ def test_shared_prefix_matches_unshared_forward_and_gradients(tiny_tokenizer, ti
 class _ScriptedRollout(RolloutCallback):
     """The real record path (scoring, advantages) on scripted completions instead of sampled ones."""
 
+    script = SCRIPT  # one prompt's group, repeated for every prompt of the batch, or all B * G texts
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        texts = SCRIPT * batch["input_ids"].shape[0]
+        n = batch["input_ids"].shape[0] * self.cfg.group_size
+        texts = self.script * (n // len(self.script))
         gen = _scripted_generation(pl_module.tokenizer, texts, [True] * len(texts))
-        pl_module.rollout = record_from_generation(batch, gen, self.cfg, self.spec, pl_module.scale)
+        pl_module.rollout = record_from_generation(batch, gen, self.cfg, self.spec, scale_of(batch))
 
 
 class _ScriptedGRPO(GRPOModule):
+    rollout_type = _ScriptedRollout
+
     def configure_callbacks(self):
-        return [_ScriptedRollout(self.rollout_config, self.reward_spec)]
+        return [self.rollout_type(self.rollout_config, self.reward_spec)]
 
 
-def _tiny_data(tmp_path, **kwargs) -> RatingDataModule:
+def _tiny_data(tmp_path, tokenizer, **kwargs) -> RatingDataModule:
+    """The synthetic set, rendered with `tokenizer` (the tiny model's folder, as `fit` links it)."""
     return RatingDataModule(
+        tokenizer=str(tokenizer),
         source=SourceConfig(format="synthetic", synthetic_users=30, synthetic_items=20, synthetic_ratings_per_user=8),
         samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 4, "test": 4}),
-        max_prompt_tokens=1536,
+        prompt=PromptConfig(max_prompt_tokens=1536),
         cache_dir=str(tmp_path / "cache"),
         **kwargs,
     )
@@ -128,7 +137,7 @@ def test_one_grpo_step_moves_lora_only(tmp_path, tiny_model_dir):
         accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
         limit_val_batches=0, enable_progress_bar=False, default_root_dir=tmp_path,
     )  # fmt: skip
-    data = _tiny_data(tmp_path, batch_size=2)
+    data = _tiny_data(tmp_path, tiny_model_dir, batch_size=2)
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     trainer.fit(module, datamodule=data)
@@ -162,7 +171,7 @@ def test_fit_fast_dev_run_through_the_cli(tmp_path, tiny_model_dir):
             f"--model.init_args.adapter_dir={out / 'adapter'}",
             f"--model.init_args.rollout_log={out / 'logs' / 'rollouts.jsonl'}",
             f"--data.cache_dir={tmp_path / 'cache'}",
-            "--data.max_prompt_tokens=1536",
+            "--data.prompt.max_prompt_tokens=1536",
             "--data.source.synthetic_users=30",
             "--data.source.synthetic_items=20",
             "--data.samples.min_history=2",
@@ -185,38 +194,47 @@ def test_fit_fast_dev_run_through_the_cli(tmp_path, tiny_model_dir):
     assert all("lora_" in k for k in ckpt["state_dict"]), "checkpoints hold the adapter only"
 
 
-def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_tokenizer, tiny_policy):
-    """Gradient accumulation inside a rollout is exact: two micro-batches == one batch, per loss type."""
-    from reczero import grpo
-    from reczero.data.schema import SCALES
+class _VariedRollout(_ScriptedRollout):
+    script = SCRIPT + [GOOD.format(3), "x", GOOD.format(1), GOOD.format(4) + " trailing"]  # 2 prompts x 4
 
-    perturb_lora(tiny_policy, scale=0.05)
-    cfg = RolloutConfig(group_size=4)
-    batch = _prompt_batch(tiny_tokenizer, 2)
-    texts = SCRIPT + [GOOD.format(3), "x", GOOD.format(1), GOOD.format(4) + " trailing"]
-    record = record_from_generation(
-        batch, _scripted_generation(tiny_tokenizer, texts, [True] * 8), cfg, rewards.RewardSpec(), SCALES["1-5"]
-    )
-    for loss_type in grpo.LOSS_TYPES:
-        module = GRPOModule(loss=grpo.GRPOLossConfig(loss_type=loss_type), micro_batch_size=4)
-        module.policy = tiny_policy
-        mask = module._loss_mask(record)
-        grads = []
-        for chunks in ([slice(0, 8)], [slice(0, 4), slice(4, 8)]):
-            tiny_policy.zero_grad()
-            for rows in chunks:
-                logp = completion_logprobs(tiny_policy, record, rows, 1.0)
-                loss, _ = grpo.grpo_loss(
-                    logp,
-                    mask[rows],
-                    record.advantages[rows],
-                    cfg=module.loss_config,
-                    max_completion_length=mask.shape[1],
-                )
-                (loss * module._chunk_weight(record, rows, mask)).backward()
-            grads.append([p.grad.clone() for p in tiny_policy.parameters() if p.requires_grad])
-        for full, accumulated in zip(*grads):
-            torch.testing.assert_close(full, accumulated, rtol=1e-5, atol=1e-7)
+
+class _PlainSGD(_ScriptedGRPO):
+    """SGD at lr 1 and no clipping: one step moves each weight by minus its gradient, so the update
+    shows exactly how `training_step` weighted and summed its micro-batches."""
+
+    rollout_type = _VariedRollout
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD([p for p in self.policy.parameters() if p.requires_grad], lr=1.0)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)}
+
+
+@pytest.mark.parametrize("loss_type", ["token_mean", "sequence_mean", "dr_grpo"])
+def test_training_step_micro_batches_add_up_to_the_full_batch_update(tmp_path, tiny_model_dir, loss_type):
+    """`training_step` on one rollout of 8 completions: micro-batches of 8, 4 (shared prefix) and 2
+    (unshared forward) give the same update, for every loss type."""
+    updates = []
+    for micro in (8, 4, 2):
+        module = _PlainSGD(
+            policy=PolicyConfig(model=str(tiny_model_dir), lora_r=4, lora_alpha=8),
+            rollout=RolloutConfig(group_size=4),
+            loss=grpo.GRPOLossConfig(loss_type=loss_type),
+            micro_batch_size=micro,
+            max_grad_norm=0.0,
+        )
+        module.configure_model()
+        perturb_lora(module.policy, scale=0.05)  # seeded: every run starts from the same weights
+        before = {n: p.detach().clone() for n, p in module.policy.named_parameters() if p.requires_grad}
+        trainer = L.Trainer(
+            accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
+            limit_val_batches=0, enable_progress_bar=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(module, datamodule=_tiny_data(tmp_path, tiny_model_dir, batch_size=2))
+        updates.append({n: p.detach() - before[n] for n, p in module.policy.named_parameters() if p.requires_grad})
+    assert any(float(u.abs().max()) > 0 for u in updates[0].values()), "the step must move the LoRA weights"
+    for other in updates[1:]:
+        for name, full in updates[0].items():
+            torch.testing.assert_close(other[name], full, rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_lr_schedule_warmup_then_decay():
@@ -242,12 +260,11 @@ def test_prompt_budget_beyond_the_model_context_fails_at_start(tmp_path, tiny_mo
         enable_progress_bar=False,
         default_root_dir=tmp_path,
     )
-    data = _tiny_data(tmp_path)
-    data.max_prompt_tokens = 2000  # the tiny Llama's context is 2048
+    module.prompt = PromptConfig(max_prompt_tokens=2000)  # the tiny Llama's context is 2048
     with pytest.raises(
-        ValueError, match=r"data.max_prompt_tokens \(2000\) \+ max new tokens \(256\).*context of 2048"
+        ValueError, match=r"data.prompt.max_prompt_tokens \(2000\) \+ max new tokens \(256\).*context of 2048"
     ):
-        trainer.fit(module, datamodule=data)
+        trainer.fit(module, datamodule=_tiny_data(tmp_path, tiny_model_dir))
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, tiny_model_dir):
@@ -260,9 +277,8 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, tiny_model_dir
             super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
             pl_module.rollout.advantages[:] = float("nan")
 
-    class _PoisonedGRPO(GRPOModule):
-        def configure_callbacks(self):
-            return [_Poisoned(self.rollout_config, self.reward_spec)]
+    class _PoisonedGRPO(_ScriptedGRPO):
+        rollout_type = _Poisoned
 
     module = _PoisonedGRPO(
         policy=PolicyConfig(model=str(tiny_model_dir), lora_r=4), rollout=RolloutConfig(group_size=4), max_bad_steps=2
@@ -274,7 +290,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, tiny_model_dir
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     with pytest.raises(NonFiniteError, match=r"2 consecutive non-finite steps \(last samples \[\d+"):
-        trainer.fit(module, datamodule=_tiny_data(tmp_path, batch_size=1))
+        trainer.fit(module, datamodule=_tiny_data(tmp_path, tiny_model_dir, batch_size=1))
     assert all(torch.equal(p.detach(), before[n]) for n, p in module.policy.named_parameters())
     assert trainer.global_step == 0, "no optimizer step may run on a non-finite loss"
     assert not module.optimizers().optimizer.state, "the optimizer state stays untouched"

@@ -8,11 +8,12 @@ import pytest
 import yaml
 
 from reczero.data.datamodule import RatingDataModule
-from reczero.data.render import prompt_input
+from reczero.data.render import PromptConfig, prompt_input
 from reczero.data.samples import SampleConfig
 from reczero.data.schema import DataFormatError
 from reczero.data.sources import SourceConfig
-from reczero.evaluation.predict import DatasetIndex, main, read_requests
+from reczero.cli import main
+from reczero.evaluation.predict import DatasetIndex, read_requests
 
 INLINE = {
     "id": "r1",
@@ -32,7 +33,7 @@ def _dm(tmp_path, **samples) -> RatingDataModule:
     return RatingDataModule(
         source=SourceConfig(format="synthetic", synthetic_users=30, synthetic_items=20, synthetic_ratings_per_user=8),
         samples=SampleConfig(**cfg),
-        max_prompt_tokens=2048,
+        prompt=PromptConfig(max_prompt_tokens=2048),
         cache_dir=str(tmp_path / "cache"),
     )
 
@@ -131,12 +132,12 @@ def test_predict_command_streams_one_line_per_request(tmp_path, tiny_model_dir, 
                 "synthetic_ratings_per_user": 8,
             },
             "samples": {"user_history": 3, "item_history": 3, "min_history": 2},
-            "max_prompt_tokens": 2048,
+            "prompt": {"max_prompt_tokens": 2048},
             "cache_dir": str(tmp_path / "cache"),
         },
     }
     (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
-    args = ["--config", str(tmp_path / "fit.yaml"), "--requests", str(requests), "--max-new-tokens", "4"]
+    args = ["predict", "--config", str(tmp_path / "fit.yaml"), "--requests", str(requests), "--decode.max_new_tokens=4"]
     with pytest.raises(SystemExit):  # a bad line stops the run before the model loads, naming it
         main(args)
     assert "req.jsonl, line 2" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from reczero.prompts import (
     truncate,
     user_message,
 )
-from reczero.rewards import FOUR_STEP_TAGS, check_format, parse_rating
+from reczero.rewards import TEMPLATES, check_format, parse_rating
 from reczero.scale import SCALES, RatingScale
 
 FIVE, HALF, TEN = SCALES["1-5"], SCALES["0.5-5"], SCALES["1-10"]
@@ -78,13 +78,13 @@ def test_user_message_shows_history_oldest_first_with_averages_and_details() -> 
 
 
 def test_user_message_answer_skeleton_and_scale() -> None:
-    assert prompts.STEP_TAGS == FOUR_STEP_TAGS  # the prompt asks for what the reward checks
+    assert TEMPLATES["four_step"].tags is prompts.STEP_TAGS  # the prompt asks for what the reward checks
     for scale, low, high in ((FIVE, "1", "5"), (HALF, "0.5", "5"), (TEN, "1", "10")):
         text = user_message(example(scale))
         assert f"on a scale from {low} to {high}." in text
         assert f"<rate>only the predicted rating, a number from {low} to {high}</rate>" in text
         skeleton = text[text.index("Think before you rate") :]
-        marks = [m for tag in FOUR_STEP_TAGS for m in (f"<{tag}>", f"</{tag}>")]
+        marks = [m for tag in prompts.STEP_TAGS for m in (f"<{tag}>", f"</{tag}>")]
         positions = [skeleton.index(m) for m in marks]
         assert positions == sorted(positions)
         assert all(skeleton.count(m) == 1 for m in marks)

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from reczero.rewards import (
-    FOUR_STEP_TAGS,
-    RATE_CLOSE,
-    RATE_OPEN,
     TEMPLATES,
     RewardSpec,
     check_format,
@@ -214,31 +209,29 @@ def test_check_format_reports_rating_and_tag_counts():
 
 
 def test_four_step_tag_strings():
-    assert FOUR_STEP_TAGS == ("analyze user", "analyze item", "match", "rate")
-    assert (RATE_OPEN, RATE_CLOSE) == ("<rate>", "</rate>")
+    assert TEMPLATES["four_step"].tags == ("analyze user", "analyze item", "match", "rate")
     assert TEMPLATES["four_step"].n_tag_strings == 8
 
 
-def test_one_megabyte_text_is_fast():
-    scale, spec = STARS, PAPER
-    adversarial = [
-        "x" * 1_000_000,
-        "<rate>" * 150_000,
-        "</rate>" * 150_000,
-        RATE_OPEN + "4" + " " * 1_000_000 + "x" + RATE_CLOSE,
-        RATE_OPEN + "1" * 1_000_000 + RATE_CLOSE,
-        RATE_OPEN + "1" * 1_000_000 + "x" + RATE_CLOSE,
-        four(match="because " * 130_000),
-        four(tail=" " * 1_000_000 + "x"),
-        "<analyze user>" * 70_000 + "<" * 100_000,
-    ]
-    start = time.perf_counter()
-    for text in adversarial:
-        score(text, 4.0, scale, spec)
-        parse_rating(text)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"{len(adversarial)} one-megabyte completions took {elapsed:.2f}s"
-    assert score(four(match="because " * 130_000), 4.0, scale, spec).total == 2.0
+@pytest.mark.parametrize(
+    ("text", "reason", "parsed"),
+    [
+        ("x" * 1_000_000, "missing_tag:analyze user", None),
+        ("<rate>" * 150_000, "missing_tag:analyze user", None),
+        ("</rate>" * 150_000, "missing_tag:analyze user", None),
+        ("<rate>4" + " " * 1_000_000 + "x</rate>", "missing_tag:analyze user", None),
+        ("<rate>" + "1" * 1_000_000 + "</rate>", "missing_tag:analyze user", None),  # inf is no rating
+        ("<rate>" + "1" * 1_000_000 + "x</rate>", "missing_tag:analyze user", None),
+        (four(match="because " * 130_000), "ok", 4.0),
+        (four(tail=" " * 1_000_000 + "x"), "trailing_text", 4.0),
+        ("<analyze user>" * 70_000 + "<" * 100_000, "duplicate_tag:analyze user", None),
+    ],
+)
+def test_one_megabyte_adversarial_completions_get_their_verdict(text, reason, parsed):
+    """Texts built to make a backtracking parser blow up are scored, without raising, to the right verdict."""
+    result = score(text, 4.0, STARS, PAPER)
+    assert (result.reason, result.parsed, parse_rating(text)) == (reason, parsed, parsed)
+    assert result.total == (2.0 if reason == "ok" else PAPER.format_penalty)
 
 
 # --- ablations and other scales ------------------------------------------------------------------

@@ -80,7 +80,9 @@ class PromptDataset(Dataset):
 class PromptCollator:
     """Left-pads prompts (generation appends on the right). The texts each answer must not copy
     (`copy_sources`) and the facts it may name (`facts`) ride along as lists, one per prompt, and the
-    rating `scale` of the targets as one value, so whoever scores the batch needs nothing else.
+    rating scale of the targets as `(low, high, step)` (`scale_of` reads it back; a plain tuple, since
+    Lightning rebuilds the dataclasses in a batch and the scale is frozen), so whoever scores the batch
+    needs nothing else.
     Requests (`reczero predict`) have no `target`, `sample_id` or `history_len`: those are then None."""
 
     def __init__(self, pad_id: int, scale: RatingScale | None = None):
@@ -94,7 +96,7 @@ class PromptCollator:
             return None if any(v is None for v in values) else torch.tensor(values, dtype=dtype)
 
         return {
-            "scale": self.scale,
+            "scale": None if self.scale is None else (self.scale.low, self.scale.high, self.scale.step),
             "input_ids": ids,
             "attention_mask": mask,
             "target": column("target", torch.float32),
@@ -104,6 +106,13 @@ class PromptCollator:
             "copy_sources": [f.get("copy_sources", ()) for f in features],
             "facts": [f.get("facts", reasoning.PromptFacts()) for f in features],
         }
+
+
+def scale_of(batch: dict) -> RatingScale:
+    """The rating scale a `PromptCollator` batch's targets are on."""
+    if batch.get("scale") is None:
+        raise ValueError("this batch carries no rating scale: build it with PromptCollator(pad_id, scale)")
+    return RatingScale(*batch["scale"])
 
 
 def sft_collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

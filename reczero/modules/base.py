@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
 from reczero import metrics, rewards
+from reczero.data.batching import scale_of
 from reczero.data.render import PromptConfig
 from reczero.modules.checkpointing import capture_rng, restore_rng
 from reczero.modules.console import StepProgressBar, ValidationTable
@@ -147,7 +148,7 @@ class PolicyModule(L.LightningModule):
             )
         finally:
             self.policy.train(was_training)
-        self.scale = batch["scale"]
+        self.scale = scale_of(batch)
         for d, target, fallback in zip(decoded, batch["target"].tolist(), batch["fallback"].tolist()):
             pred = math.nan if d.prediction is None else d.prediction
             self._val_rows.append((pred, target, fallback, d.format_ok[0], d.rewards[0], d.copied[0], d.grounded[0]))

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 
 from reczero import rewards
+from reczero.data.batching import scale_of
 from reczero.rollout.record import RolloutConfig, build_rollout
 
 
@@ -53,7 +54,7 @@ class RolloutCallback(L.Callback):
                 batch,
                 self.cfg,
                 self.spec,
-                batch["scale"],
+                scale_of(batch),
                 self._generator(batch["input_ids"].device, trainer.global_rank),
                 pl_module.prompt.response_prefix,
             )

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reczero import prompts, rewards
-from reczero.data.batching import left_pad, pad_id
+from reczero.data.batching import left_pad, pad_id, scale_of
 from reczero.rollout.engine import SamplingConfig, generate
 from reczero.rollout.merge import merged_lora
 from reczero.scale import RatingScale
@@ -249,7 +249,7 @@ def decode_batch(
     measure (`rewards.score_batch`); rewards are computed against `target`, or, for requests without
     one (`target` None), against `fallback` and not reported.
     """
-    g, scale = cfg.num_samples, batch["scale"]
+    g, scale = cfg.num_samples, scale_of(batch)
     device = next(model.parameters()).device
     input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # [B, P]
     sampling = cfg.sampling(rewards.get_template(spec.template).rating_tag)
