@@ -307,6 +307,9 @@ QUIET_WARNINGS = (
     # with a page of example code, that a checkpoint holds the weights after the step, which is what a
     # resume needs (the step counter counts finished steps).
     r"Using ModelCheckpoint with manual optimization",
+    # LightningCLI, when `main(argv)` is called from Python (tests, scripts) with an argv of its own:
+    # the command line it is given is the one meant
+    r"LightningCLI's args parameter is intended to run from within Python",
 )
 # Known-harmless log records: logger -> a text its noise contains.
 QUIET_LOGS = {

@@ -92,7 +92,15 @@ def test_data_stats_with_a_column_mapping_and_sample_options(tmp_path, capsys) -
 
 def test_data_preview_prints_prompts(tmp_path, capsys, tiny_model_dir) -> None:
     path = write_csv(tmp_path / "ratings.csv")
-    args = ["data", "preview", "--format", "csv", "--path", str(path), "--tokenizer", str(tiny_model_dir)]
+    args = [
+        "data",
+        "preview",
+        "--format",
+        "csv",
+        "--path",
+        str(path),
+        f"--model.init_args.policy.model={tiny_model_dir}",
+    ]
     args += ["--data.cache_dir", str(tmp_path / "cache"), "--data.samples.min_history=1", "--count", "2"]
     main(args)
     out = capsys.readouterr().out
@@ -111,7 +119,8 @@ def test_data_stats_with_a_tokenizer_counts_prompt_tokens(tmp_path, capsys, tiny
             "stats",
             "--format=csv",
             f"--path={path}",
-            f"--tokenizer={tiny_model_dir}",
+            "--tokens",
+            f"--model.init_args.policy.model={tiny_model_dir}",  # the policy's tokenizer (data.tokenizer)
             f"--data.cache_dir={tmp_path / 'cache'}",
             "--data.samples.min_history=1",
         ]

@@ -38,7 +38,13 @@ def cache_dir(tmp_path_factory) -> Path:
 def make_dm(cache_dir: Path, tokenizer=None, **kwargs) -> RatingDataModule:
     """A set-up DataModule; `PromptConfig` fields among `kwargs` go into its `prompt`."""
     prompt = {k: kwargs.pop(k) for k in list(kwargs) if k in PROMPT_FIELDS}
-    kwargs = {"source": SOURCE, "samples": SAMPLES, "cache_dir": str(cache_dir), "prompt": PromptConfig(**prompt), **kwargs}
+    kwargs = {
+        "source": SOURCE,
+        "samples": SAMPLES,
+        "cache_dir": str(cache_dir),
+        "prompt": PromptConfig(**prompt),
+        **kwargs,
+    }
     dm = RatingDataModule(**kwargs)
     dm.setup()
     if tokenizer is not None:
@@ -194,7 +200,9 @@ def test_prompt_batches(cache_dir, tiny_tokenizer) -> None:
             assert (ids[row, : ids.shape[1] - n] == pad).all()
             assert ids[row, ids.shape[1] - n :].tolist() == item["input_ids"]
             assert batch["target"][row].item() == rows[dm.table.target[pos]].rating and scale_of(batch) == dm.scale
-            assert batch["fallback"][row].item() == pytest.approx(fallback_rating(dm.scale, dm.table.user_avg[pos], dm.table.item_avg[pos]))
+            assert batch["fallback"][row].item() == pytest.approx(
+                fallback_rating(dm.scale, dm.table.user_avg[pos], dm.table.item_avg[pos])
+            )
             assert batch["history_len"][row].item() == len(dm.table.user_history[pos]) + len(
                 dm.table.item_history[pos]
             )

@@ -11,8 +11,29 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_two_process_ddp_keeps_groups_on_one_rank(tmp_path, tiny_model_dir):
+def _expected_shards(data_args: list[str], steps: int) -> list[list[list[int]]]:
+    """Per rank, per step: the sample ids DDP's sampler gives that rank (`ResumableSampler`, 2 replicas)."""
+    from reczero.cli import command_parser
+    from reczero.data.batching import ResumableSampler
+    from reczero.data.stats import stats_command
+
+    parser = command_parser("data stats", stats_command)
+    dm = parser.instantiate(parser.parse_args(["--config=configs/grpo.yaml", *data_args])).data
+    positions = dm.positions("train")
+    out = []
+    for rank in range(2):
+        order = list(ResumableSampler(len(positions), num_replicas=2, rank=rank, seed=dm.seed))
+        b = dm.batch_size
+        out.append([[positions[i] for i in order[k * b : (k + 1) * b]] for k in range(steps)])
+    return out
+
+
+def test_two_process_ddp_shards_the_prompts_as_the_sampler_assigns_them(tmp_path, tiny_model_dir):
     out = tmp_path / "ddp"
+    data_args = [
+        f"--data.cache_dir={tmp_path / 'cache'}", "--data.prompt.max_prompt_tokens=1536",
+        "--data.source.synthetic_users=40", "--data.source.synthetic_items=20", "--data.samples.min_history=2",
+    ]  # fmt: skip
     cmd = [
         sys.executable, "-m", "reczero", "fit", "--config=configs/grpo.yaml",
         f"--model.init_args.policy.model={tiny_model_dir}",
@@ -20,8 +41,7 @@ def test_two_process_ddp_keeps_groups_on_one_rank(tmp_path, tiny_model_dir):
         "--model.init_args.rollout.group_size=4",
         f"--model.init_args.adapter_dir={out / 'adapter'}",
         f"--model.init_args.rollout_log={out / 'rollouts.jsonl'}",
-        f"--data.cache_dir={tmp_path / 'cache'}", "--data.max_prompt_tokens=1536",
-        "--data.source.synthetic_users=40", "--data.source.synthetic_items=20", "--data.samples.min_history=2",
+        *data_args,
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
         f"--trainer.callbacks.init_args.dirpath={out / 'ckpt'}",
         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
@@ -35,11 +55,11 @@ def test_two_process_ddp_keeps_groups_on_one_rank(tmp_path, tiny_model_dir):
     logs = [out / "rollouts.jsonl", out / "rollouts.jsonl.rank1"]
     entries = [[json.loads(line) for line in log.read_text().splitlines()] for log in logs]
     assert [len(e) for e in entries] == [2, 2], "each rank runs both steps"
+    expected = _expected_shards(data_args, 2)
     for step in range(2):
         ids0, ids1 = entries[0][step]["sample_ids"], entries[1][step]["sample_ids"]
         assert not set(ids0) & set(ids1), "the ranks train on different prompts"
-        for rank in range(2):  # every prompt's whole group of 4 was sampled and scored on its own rank
-            entry = entries[rank][step]
-            assert len(entry["rewards"]) == 4 * len(entry["sample_ids"])
+        # each rank sampled (and scored) the groups of exactly the prompts its sampler shard holds
+        assert [ids0, ids1] == [expected[0][step], expected[1][step]]
     assert (out / "adapter" / "adapter_config.json").exists()
     assert list((out / "tb").glob("events.out.tfevents.*")), "rank 0 writes TensorBoard logs"

@@ -17,6 +17,8 @@ from reczero.data.render import PromptConfig
 from reczero.data.samples import SampleConfig, assign_splits
 from reczero.data.schema import SCALES
 from reczero.data.sources import SourceConfig
+from reczero.evaluation.evaluate import EvalResult, SampleResult, evaluate, summarize
+from reczero.policy.loading import load_checkpoint_weights
 from reczero.rollout import decoding
 from reczero.rollout.decoding import (
     DecodeConfig,
@@ -25,8 +27,6 @@ from reczero.rollout.decoding import (
     mean_rating,
     rating_candidates,
 )
-from reczero.evaluation.evaluate import EvalResult, SampleResult, evaluate, summarize
-from reczero.policy.loading import load_checkpoint_weights
 
 PAPER = rewards.RewardSpec()
 

@@ -10,8 +10,8 @@ import torch
 from tiny import perturb_lora
 
 from reczero import grpo, rewards
-from reczero.data.datamodule import RatingDataModule
 from reczero.data.batching import scale_of
+from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import PromptConfig
 from reczero.data.samples import SampleConfig
 from reczero.data.sources import SourceConfig
@@ -157,7 +157,7 @@ def test_incompatible_settings_are_rejected_at_start():
         GRPOModule(micro_batch_size=0)
 
 
-def test_fit_fast_dev_run_through_the_cli(tmp_path, tiny_model_dir):
+def test_fit_fast_dev_run_through_the_cli(tmp_path, tiny_model_dir, capsys):
     from reczero.cli import main
 
     out = tmp_path / "run"
@@ -187,6 +187,9 @@ def test_fit_fast_dev_run_through_the_cli(tmp_path, tiny_model_dir):
     assert (out / "adapter" / "adapter_config.json").exists()
     assert (out / "last.ckpt").exists()
     assert len((out / "logs" / "rollouts.jsonl").read_text().splitlines()) == 2, "one rollout line per step"
+    table = capsys.readouterr().out
+    assert "validation          step 0    step 2" in table, "the before/after validation table ends the run"
+    assert "\nMAE " in table and "\nformat pass rate " in table
     events = list((out / "tb").glob("events.out.tfevents.*"))
     assert events, "TensorBoard event file expected"
     ckpt = torch.load(out / "last.ckpt", weights_only=False)

@@ -7,12 +7,12 @@ import json
 import pytest
 import yaml
 
+from reczero.cli import main
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import PromptConfig, prompt_input
 from reczero.data.samples import SampleConfig
 from reczero.data.schema import DataFormatError
 from reczero.data.sources import SourceConfig
-from reczero.cli import main
 from reczero.evaluation.predict import DatasetIndex, read_requests
 
 INLINE = {
@@ -137,7 +137,14 @@ def test_predict_command_streams_one_line_per_request(tmp_path, tiny_model_dir, 
         },
     }
     (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
-    args = ["predict", "--config", str(tmp_path / "fit.yaml"), "--requests", str(requests), "--decode.max_new_tokens=4"]
+    args = [
+        "predict",
+        "--config",
+        str(tmp_path / "fit.yaml"),
+        "--requests",
+        str(requests),
+        "--decode.max_new_tokens=4",
+    ]
     with pytest.raises(SystemExit):  # a bad line stops the run before the model loads, naming it
         main(args)
     assert "req.jsonl, line 2" in capsys.readouterr().err

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
+from reczero.cli import main
 from reczero.data.schema import SCALES
 from reczero.evaluation.evaluate import EvalResult, SampleResult, summarize, write_outputs
-from reczero.evaluation.report import comparisons, main, read_scalars, reference, table_rows
+from reczero.evaluation.report import comparisons, read_scalars, reference, table_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -102,7 +104,9 @@ def test_samples_not_shared_by_every_evaluation_are_left_out(tmp_path):
 def test_report_writes_the_table_and_the_plots(tmp_path, capsys):
     llm, base = _llm_json(tmp_path), _baselines_json(tmp_path)
     runs = [_run(tmp_path, "run1"), _run(tmp_path, "run2")]
-    written = main(["--inputs", str(llm), str(base), "--runs", *map(str, runs), "--out", str(tmp_path / "out")])
+    written = main(
+        ["report", "--inputs", str(llm), str(base), "--runs", *map(str, runs), "--out", str(tmp_path / "out")]
+    )
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| zero-shot | test | 0.7500 |" in md and "| bias_baseline | test | 0.5000 |" in md  # on k1, k3
     assert "(best baseline)" in md and "## Paired MAE differences" in md and "| zero-shot | global_mean | test |" in md
@@ -128,7 +132,19 @@ def test_read_scalars_merges_event_files_of_a_resumed_run(tmp_path):
     assert "train/other" not in curves
 
 
-def test_report_rejects_other_json(tmp_path):
+def test_report_rejects_other_json(tmp_path, capsys):
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(ValueError, match="not an evaluate or baselines JSON"):
-        main(["--inputs", str(tmp_path / "x.json"), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--inputs", str(tmp_path / "x.json"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "not an evaluate or baselines JSON" in capsys.readouterr().err
+
+
+def test_report_without_the_plot_extra_names_it(tmp_path, capsys, monkeypatch):
+    llm = _llm_json(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plot extra were not installed
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--inputs", str(llm), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "install the plot extra (pip install 'reczero[plot]')" in err

@@ -34,10 +34,10 @@ def _command(model_dir: Path, out: Path, cache: Path, extra: list[str] = ()) -> 
         f"--model.init_args.rollout_log={out / 'rollouts.jsonl'}",
         f"--data.cache_dir={cache}",
         "--data.source.synthetic_users=40", "--data.source.synthetic_items=20",
-        "--data.samples.min_history=2", "--data.max_prompt_tokens=1536",
+        "--data.samples.min_history=2", "--data.prompt.max_prompt_tokens=1536",
         # a nearly complete answer as the prefix: random tiny-model text then lands on different tag
         # counts, so rewards differ within groups and the adapter really trains
-        "--data.response_prefix=<analyze user>a</analyze user><analyze item>b</analyze item><match>c</match>",
+        "--data.prompt.response_prefix=<analyze user>a</analyze user><analyze item>b</analyze item><match>c</match>",
         f"--trainer.default_root_dir={out}", "--trainer.logger=false",
         f"--trainer.callbacks.init_args.dirpath={out / 'ckpt'}",
         "--trainer.callbacks.init_args.every_n_train_steps=3",

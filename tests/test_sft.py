@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -16,7 +15,7 @@ from tiny import make_tiny_llama, perturb_lora
 
 from reczero import rewards
 from reczero.data.datamodule import RatingDataModule
-from reczero.data.render import prompt_input
+from reczero.data.render import PromptConfig, prompt_input
 from reczero.data.samples import SampleConfig
 from reczero.data.schema import SCALES
 from reczero.data.sources import SourceConfig
@@ -33,8 +32,6 @@ PREFIX = "<analyze user>"
 DATA = dict(
     source=SourceConfig(format="synthetic", synthetic_users=30, synthetic_items=20, synthetic_ratings_per_user=8),
     samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 4, "test": 4}),
-    max_prompt_tokens=1536,
-    response_prefix=PREFIX,
 )
 
 
@@ -43,11 +40,13 @@ def cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("cache"))
 
 
-def make_dm(cache: str, tokenizer=None, **kwargs) -> RatingDataModule:
-    dm = RatingDataModule(**{**DATA, "cache_dir": cache, **kwargs})
+def make_dm(cache: str, tok=None, answer_example: bool = False, **kwargs) -> RatingDataModule:
+    """A set-up DataModule; `tok` (a tokenizer object) is handed over, `tokenizer=` (a model) is loaded."""
+    prompt = PromptConfig(max_prompt_tokens=1536, response_prefix=PREFIX, answer_example=answer_example)
+    dm = RatingDataModule(**{**DATA, "prompt": prompt, "cache_dir": cache, **kwargs})
     dm.setup()
-    if tokenizer is not None:
-        dm.set_tokenizer(tokenizer)
+    if tok is not None:
+        dm.set_tokenizer(tok)
     return dm
 
 
@@ -120,8 +119,7 @@ def test_sft_loader_is_bucketed_and_resumes_mid_epoch(cache, tiny_tokenizer):
 
     dm = make_dm(cache, tiny_tokenizer, batch_size=2)
     texts = {p: trace_text(dm, p) * (1 + p % 3) for p in dm.positions("train")[:20]}  # varied lengths
-    dm.sft_completions = texts
-    loader = dm.train_dataloader()
+    loader = dm.sft_dataloader(texts, dm.batch_size)
     epoch = ids(loader, 10)
     assert sorted(itertools.chain(*epoch)) == sorted(texts)  # every trace once per epoch
     lengths = {pos: n for (pos, _, _), n in zip(loader.dataset.items, loader.dataset.lengths())}
@@ -129,9 +127,27 @@ def test_sft_loader_is_bucketed_and_resumes_mid_epoch(cache, tiny_tokenizer):
     pairs = sorted(tuple(sorted((lengths[a], lengths[b]), reverse=True)) for a, b in epoch)
     assert pairs == sorted(zip(ranked[::2], ranked[1::2])), "bucketed batches pair traces of similar length"
     resumed = make_dm(cache, tiny_tokenizer, batch_size=2)
-    resumed.sft_completions = texts
     resumed.load_state_dict({"epoch": 0, "consumed": 6})
-    assert ids(resumed.train_dataloader(), 7) == epoch[3:]
+    assert ids(resumed.sft_dataloader(texts, resumed.batch_size), 7) == epoch[3:]
+
+
+def test_datamodule_with_traces_serves_them_and_holds_some_out(tmp_path, tiny_tokenizer):
+    """`data.traces`: train batches are the matched traces (SFT), and `heldout_traces` of them, drawn
+    with `data.seed`, become a second validation loader instead."""
+    cache = str(tmp_path / "cache")
+    traces = tmp_path / "traces.jsonl"
+    texts = write_traces(make_dm(cache), traces, 10)
+    dm = make_dm(cache, tiny_tokenizer, traces=str(traces), heldout_traces=3, batch_size=2)
+    train, held = dm.trace_completions()
+    assert sorted({**train, **held}) == sorted(texts) and len(held) == 3 and not set(train) & set(held)
+    assert all(train[p] == texts[p] for p in train)
+    seen = [p for batch in dm.train_dataloader() for p in batch["sample_id"].tolist()]
+    assert len(seen) == len(set(seen)) == 6 and set(seen) <= set(train)  # 7 traces, batches of 2, drop_last
+    prompts, held_out = dm.val_dataloader()
+    assert "labels" not in next(iter(prompts)) and "target" in next(iter(prompts))
+    assert sorted(p for b in held_out for p in b["sample_id"].tolist()) == sorted(held)
+    again = make_dm(cache, tiny_tokenizer, traces=str(traces), heldout_traces=3)
+    assert again.trace_completions()[1] == held  # the same seeded draw
 
 
 # -- training ----------------------------------------------------------------------------------------
@@ -153,8 +169,8 @@ class _SampleLog(L.Callback):
 def _fit(tmp_path, model_dir, traces, max_steps, ckpt_dir=None, ckpt_path=None, stop_at=None, **module_kwargs):
     torch.manual_seed(0)  # the fresh LoRA A is drawn from the global generator
     module = SFTModule(
-        traces=str(traces),
         policy=PolicyConfig(model=str(model_dir), lora_r=4, lora_alpha=8),
+        prompt=PromptConfig(max_prompt_tokens=1536, response_prefix=PREFIX),
         learning_rate=1e-2,
         **module_kwargs,
     )
@@ -169,7 +185,8 @@ def _fit(tmp_path, model_dir, traces, max_steps, ckpt_dir=None, ckpt_path=None, 
     )  # fmt: skip
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
-    trainer.fit(module, datamodule=make_dm(str(tmp_path / "cache"), batch_size=2), ckpt_path=ckpt_path)
+    data = make_dm(str(tmp_path / "cache"), batch_size=2, traces=str(traces), tokenizer=str(model_dir))
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return module, trainer, log.steps, before
 
 
@@ -200,9 +217,9 @@ def test_sft_resumes_from_a_checkpoint_exactly(tmp_path, tiny_model_dir):
 
 def test_module_arguments_are_checked():
     with pytest.raises(ValueError, match="on_bad_trace"):
-        SFTModule(traces="t.jsonl", on_bad_trace="ignore")
+        RatingDataModule(traces="t.jsonl", on_bad_trace="ignore")
     with pytest.raises(ValueError, match="heldout_traces"):
-        SFTModule(traces="t.jsonl", heldout_traces=-1)
+        RatingDataModule(traces="t.jsonl", heldout_traces=-1)
     with pytest.raises(ValueError, match="adapter_path"):
         GRPOModule(reference="sft")
     with pytest.raises(ValueError, match="reference"):
@@ -295,7 +312,7 @@ def test_hint_goes_inside_the_user_turn(cache, tiny_tokenizer, with_example):
 @pytest.mark.parametrize("hint_tries", [None, 0])
 def test_coldstart_on_the_tiny_model_writes_stats_and_resumes(tmp_path, cache, tiny_tokenizer, tiny_model, hint_tries):
     dm = make_dm(cache)
-    cfg = SimpleNamespace(
+    cfg = coldstart.ColdstartOptions(
         num_traces=50, max_samples=3, tries=2, hint_tries=hint_tries, tolerance=0.5, batch_size=2,
         temperature=1.0, top_p=1.0, max_new_tokens=6, seed=0,
     )  # fmt: skip
@@ -307,40 +324,29 @@ def test_coldstart_on_the_tiny_model_writes_stats_and_resumes(tmp_path, cache, t
     assert stats["kept_direct"] + stats["kept_hint"] == len(lines)
     assert len(lines) + stats["dropped"] == 3 == len(lines) + len(stats["dropped_keys"])
     assert sum(stats["drop_reasons"].values()) == stats["dropped"]
-    assert (stats["hint_rejects"] == {} and stats["kept_hint"] == 0) if hint_tries == 0 else True
+    retried = 3 - stats["kept_direct"]  # asked again with the hint, unless the round is off
+    hinted = sum(stats["hint_rejects"].values()) + stats["kept_hint"]
+    if hint_tries == 0:
+        assert stats["hint_rejects"] == {} and stats["kept_hint"] == 0
+    else:  # each retried sample got `tries` hinted completions, fewer only when one was kept
+        assert retried > 0 and retried <= hinted <= 2 * retried
+        assert stats["kept_hint"] > 0 or hinted == 2 * retried
     second = coldstart.run_coldstart(tiny_model, tiny_tokenizer, dm, out, cfg)  # resumes: 3 new samples
     keys = {json.loads(line)["key"] for line in out.read_text().splitlines()} | set(second["dropped_keys"])
     assert len(keys) == 6
 
 
 def test_coldstart_cli_reads_the_sft_config(tmp_path):
-    from reczero.data.arguments import parse_with_config
+    from reczero.cli import command_parser, main
 
-    cfg = parse_with_config(coldstart.build_parser(), ["--config", "configs/sft.yaml"], coldstart.CONFIG_SECTIONS)
-    assert cfg.output == "checkpoints/traces-synthetic.jsonl" and cfg.policy.model == "bundled:smollm2-135m-instruct"
-    assert cfg.data.response_prefix == PREFIX and cfg.tries == 4 and cfg.tolerance == 0.5
+    parser = command_parser("coldstart", coldstart.coldstart_command)
+    cfg = parser.parse_args(["--config", "configs/sft.yaml"])
+    assert cfg.data.traces == "checkpoints/traces-synthetic.jsonl"
+    assert cfg.model.init_args.policy.model == "bundled:smollm2-135m-instruct" == cfg.data.tokenizer
+    assert cfg.data.prompt.response_prefix == PREFIX and cfg.tries == 4 and cfg.tolerance == 0.5
     existing = tmp_path / "t.jsonl"
     existing.write_text("")
-    assert coldstart.main(["--config", "configs/sft.yaml", "--output", str(existing), "--if-missing"]) is None
-
-
-# -- configs --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "config",
-    [
-        "configs/sft.yaml",
-        "configs/recone.yaml",
-        "configs/qwen2.5-7b-sft-qlora.yaml",
-        "configs/qwen2.5-7b-recone-qlora.yaml",
-    ],
-)
-def test_new_configs_parse(config, capsys):
-    from reczero.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", config, "--print_config"])
-    assert exit_info.value.code in (0, None)
-    assert "reczero.modules." in capsys.readouterr().out
+    assert main(["coldstart", "--config", "configs/sft.yaml", "--output", str(existing), "--if-missing"]) is None
 
 
 def test_sft_fit_through_the_cli_with_held_out_traces(tmp_path, tiny_model_dir):
@@ -355,15 +361,15 @@ def test_sft_fit_through_the_cli_with_held_out_traces(tmp_path, tiny_model_dir):
         [
             "fit", "--config=configs/sft.yaml",
             f"--model.init_args.policy.model={tiny_model_dir}",
-            f"--model.init_args.traces={traces}",
-            "--model.init_args.heldout_traces=3",
+            f"--data.traces={traces}",
+            "--data.heldout_traces=3",
             "--model.init_args.val_max_new_tokens=4",
             f"--model.init_args.adapter_dir={out / 'adapter'}",
             f"--data.cache_dir={cache}",
             "--data.source.synthetic_users=30", "--data.source.synthetic_items=20",
             "--data.source.synthetic_ratings_per_user=8",
             "--data.samples.user_history=6", "--data.samples.item_history=6", "--data.samples.min_history=2",
-            "--data.max_prompt_tokens=1536",
+            "--data.prompt.max_prompt_tokens=1536",
             f"--trainer.default_root_dir={out}",
             f"--trainer.logger.init_args.save_dir={out}",
             f"--trainer.callbacks.init_args.dirpath={out}",

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from reczero import rewards
+from reczero.cli import main
 from reczero.data.schema import SCALES
 from reczero.prompts import HistoryLine, PromptInput, copy_sources, example_answer, genre_deviation
-from reczero.recone import coldstart
 from reczero.recone.teacher import template_trace
 
 SCALE = SCALES["1-5"]
@@ -67,13 +67,17 @@ def test_half_star_scale_rounds_to_its_step():
     assert got == 3.0 and rewards.check_format(text, SCALES["0.5-5"]).rating == 3.0
 
 
-def test_coldstart_cli_with_the_template_teacher_keeps_only_right_ratings(tmp_path):
+def test_coldstart_cli_with_the_template_teacher_keeps_only_right_ratings(tmp_path, tiny_model_dir):
+    """Everything it writes stays under tmp_path: the sample cache, and no bundled-model conversion."""
     out = tmp_path / "traces.jsonl"
-    args = ["--config", "configs/sft.yaml", "--output", str(out), "--teacher", "template", "--num-traces", "12"]
-    stats = coldstart.main(args)
+    args = [
+        "coldstart", "--config", "configs/sft.yaml", "--output", str(out), "--teacher", "template",
+        "--num-traces", "12", f"--data.cache_dir={tmp_path / 'cache'}", f"--model.init_args.policy.model={tiny_model_dir}", "--data.prompt.max_prompt_tokens=1536",
+    ]  # fmt: skip
+    stats = main(args)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 12 == stats["kept_direct"] and stats["kept_hint"] == 0 and stats["hint_rejects"] == {}
     assert all(line["rating"] == line["target"] and line["source"] == "direct" for line in lines)
     assert stats["dropped"] == stats["drop_reasons"]["wrong_rating"] > 0  # the rule is wrong often enough
-    again = coldstart.main(args)  # resumes: the output already holds 12, nothing is added
+    again = main(args)  # resumes: the output already holds 12, nothing is added
     assert again == stats and len(out.read_text().splitlines()) == 12

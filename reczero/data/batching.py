@@ -170,7 +170,7 @@ class SFTDataset(Dataset):
             if response_prefix:
                 if not text.startswith(response_prefix.strip()):
                     pos = prompts_ds.positions[index]
-                    raise ValueError(f"completion of sample {pos} does not start with data.response_prefix")
+                    raise ValueError(f"completion of sample {pos} does not start with data.prompt.response_prefix")
                 text = text[len(response_prefix.strip()) :]
             ids = tok(text, add_special_tokens=False)["input_ids"] + ([eos_id] if eos_id is not None else [])
             self.items.append((prompts_ds.positions[index], prompts_ds[index]["input_ids"], ids))

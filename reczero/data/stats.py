@@ -74,7 +74,7 @@ def data_stats(
         out["prompt_tokens"] = _summary(lengths)
         out["prompts_rendered"] = renderer.stats.rendered
         out["prompts_shortened"] = renderer.stats.shortened
-        out["max_prompt_tokens"] = dm.max_prompt_tokens
+        out["max_prompt_tokens"] = dm.prompt.max_prompt_tokens
         out["render_seconds"] = round(time.perf_counter() - t0, 2)
     return out
 

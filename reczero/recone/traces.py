@@ -8,7 +8,7 @@ A trace file holds one JSON object per line (blank lines are ignored):
 - the sample is named either by `key`, the DataModule's sample key "user|item|timestamp", or by
   `user` + `item` (+ optional `timestamp`; without it the user must have rated the item once in the
   train split);
-- `completion` is the full four-tag answer (a `data.response_prefix` such as "<analyze user>" included);
+- `completion` is the full four-tag answer (a `data.prompt.response_prefix` such as "<analyze user>" included);
 - `rating` is the number written in its `<rate>` block: it must equal `parse_rating(completion)`, so a
   file edited by hand cannot teach one rating in the text and claim another;
 - other fields (`target`, `source`, ...) are kept in `Trace.extra` and otherwise ignored.
