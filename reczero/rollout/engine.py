@@ -81,9 +81,9 @@ def sample_next(
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """probs [A, V] -> one index per row [A], by inverting the CDF with one uniform draw per row.
 
-    `torch.multinomial` draws an exponential for every vocabulary entry (49k per row per step), 4-7%
-    of a CPU decode step in profiles here; this draws A numbers. The CDF is summed in float64 so rounding cannot
-    shift probability mass between tokens measurably.
+    `torch.multinomial` draws an exponential for every vocabulary entry, per row and step; this draws
+    A numbers. The CDF is summed in float64 so rounding cannot shift probability mass between tokens
+    measurably.
     """
     cdf = probs.double().cumsum(dim=-1)  # [A, V]
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)  # [A, 1]

@@ -1,9 +1,8 @@
 """A KV cache layer that decodes in place: the rollout engine's answer to DynamicLayer's `torch.cat`.
 
 transformers' `DynamicLayer.update` concatenates every new key/value onto the whole cache, so each
-decode step copies all cached positions of every layer. For GRPO rollouts (8 rows x ~600 positions
-on SmolLM2-135M, fp32, 2 CPU threads) decoding in place is 1.14x faster, timed side by side (the
-profiler, whose overhead inflates `aten::cat`, had put the copy at ~70%).
+decode step copies all cached positions of every layer, and a rollout's G rows share one long prompt
+(the measured gain is in the README and `benchmarks/rollout_engine.py`).
 `PreallocatedLayer` keeps keys and values in a buffer with room for the whole rollout and writes each
 step into its slot; `keys` / `values` are views of the filled prefix, so the model and its masks see
 exactly what a DynamicLayer would hold.

@@ -1,7 +1,6 @@
 """Sampling with the LoRA folded into the base weights: `merged_lora`, used by every generation path.
 
-The rollout (`record.build_rollout`), validation (`PolicyModule`) and evaluation
-(`evaluation.decoding`) sample inside `merged_lora(model, mode)`: the active LoRA is added into each
+The rollout (`record.build_rollout`), and validation and evaluation (`decoding.decode_batch`), sample inside `merged_lora(model, mode)`: the active LoRA is added into each
 base weight, the adapters are switched off, and the exact original weights are copied back on exit.
 `MERGE_MODES` are the choices of `RolloutConfig.merge_lora`.
 """
@@ -23,15 +22,15 @@ def merged_lora(model: torch.nn.Module, mode: str = "auto") -> Iterator[bool]:
     """Sample with the active LoRA folded into the base weights; the exact weights come back on exit.
 
     At rollout batch sizes decoding is bound by per-op overhead and weight reads, and each LoRA'd
-    linear adds two small matmuls (420 extra per SmolLM2 decode step, ~15% of CPU decode time).
+    linear adds two small matmuls to every decode step.
     Inside the block every LoRA'd weight holds W + delta and the adapters are switched off, so the
     model computes the same function with plain linears. The original W is copied back (not
     `W + delta - delta`, which would drift by rounding). Yields True when merged; False, changing
     nothing, for a model without LoRA, 4-bit weights, DoRA, or sharded parameters (FSDP / ZeRO-3)
     whose shape is not the full weight's. For inference under `torch.no_grad()` only.
 
-    `mode`: "always", "never", or "auto" (default), which merges only on the CPU. There it was
-    measured, and there the copy of the original weights costs host RAM rather than accelerator
+    `mode`: "always", "never", or "auto" (default), which merges only on the CPU. There the gain was
+    measured (README), and there the copy of the original weights costs host RAM rather than accelerator
     memory: for an unquantised 7B model in bf16 that copy would be ~14 GB of GPU memory.
     """
     if mode not in MERGE_MODES:
