@@ -17,7 +17,7 @@ from tiny import make_tiny_tokenizer
 
 from reczero import prompts
 from reczero.data.batching import ResumableSampler, fallback_rating, scale_of, sft_collate
-from reczero.data.cache import load_or_build
+from reczero.data.cache import ArrowColumn, ArrowRows, load_or_build
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import PromptConfig, PromptRenderer, prompt_input
 from reczero.data.samples import SampleConfig, SampleTable, split_counts
@@ -341,6 +341,7 @@ def test_cache_hit_returns_equal_data(tmp_path) -> None:
     second = load_or_build(SOURCE, SAMPLES, tmp_path)
     assert (first[2], second[2]) == (False, True)
     assert same_data(first[:2], second[:2])
+    assert isinstance(second[0].interactions, ArrowRows) and isinstance(second[1].target, ArrowColumn)  # mapped
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # no half-written folders
     other = load_or_build(SOURCE, dataclasses.replace(SAMPLES, min_history=3), tmp_path)
     assert other[2] is False and len(list(tmp_path.iterdir())) == 2  # another setting, another entry
@@ -376,7 +377,8 @@ def test_cache_rebuilds_when_a_source_file_changes(tmp_path) -> None:
 
 @pytest.mark.parametrize("damage", ["meta", "samples", "interactions", "missing_meta"])
 def test_damaged_cache_is_rebuilt(tmp_path, damage: str) -> None:
-    built = load_or_build(SOURCE, SAMPLES, tmp_path)
+    expected = load_or_build(SOURCE, SAMPLES, tmp_path / "none", use_cache=False)
+    load_or_build(SOURCE, SAMPLES, tmp_path)  # (what it returns maps the files damaged below: not read again)
     (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     if damage == "meta":
         (folder / "meta.json").write_text("{not json")
@@ -386,7 +388,7 @@ def test_damaged_cache_is_rebuilt(tmp_path, damage: str) -> None:
         for arrow in (folder / damage).glob("*.arrow"):
             arrow.write_bytes(b"garbage")
     rebuilt = load_or_build(SOURCE, SAMPLES, tmp_path)
-    assert rebuilt[2] is False and same_data(built[:2], rebuilt[:2])
+    assert rebuilt[2] is False and same_data(expected[:2], rebuilt[:2])
     assert load_or_build(SOURCE, SAMPLES, tmp_path)[2] is True
 
 

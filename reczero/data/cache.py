@@ -1,9 +1,14 @@
-"""On-disk cache of read interactions and built samples, as Arrow tables through `datasets`.
+"""On-disk cache of read interactions and built samples, as memory-mapped `datasets.Dataset`s.
 
 The key hashes the source and sample configuration (the duplicate rule and the timestamp unit too)
 together with every source file's path, size and mtime, so editing a data file or a setting rebuilds,
-and nothing else does. Writes go to a temporary
-folder that is renamed into place, so an interrupted build never leaves a cache that looks valid.
+and nothing else does. Writes go to a temporary folder that is renamed into place, so an interrupted
+build never leaves a cache that looks valid.
+
+What `load_or_build` returns reads the cache lazily: `InteractionData.interactions` is an `ArrowRows`
+and every `SampleTable` column an `ArrowColumn` over the memory-mapped Arrow files, so a row is built
+when it is read and an Amazon-scale file never has to fit in Python lists (the item table, one entry
+per item, is read whole).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from reczero.data.samples import SampleConfig, SampleTable, build_samples
@@ -23,6 +29,56 @@ from reczero.data.sources import SourceConfig, load_source, source_files
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 3  # 2: the duplicate rule runs on every source; 3: each split's cap draws on its own seed
+INTERACTION_COLUMNS = ("user", "item", "rating", "timestamp", "review")
+
+
+class _Lazy(Sequence):
+    """Equal to any sequence with equal items, as the lists it stands for are."""
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None
+
+
+class ArrowColumn(_Lazy):
+    """One column of a memory-mapped table, read on access: `column[i]` is the Python value of row i."""
+
+    def __init__(self, column):  # a pyarrow ChunkedArray
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.column[i].as_py() for i in range(*index.indices(len(self)))]
+        return self.column[int(index)].as_py()
+
+    def __iter__(self) -> Iterator:
+        for chunk in self.column.chunks:  # one chunk at a time in Python form
+            yield from chunk.to_pylist()
+
+
+class ArrowRows(_Lazy):
+    """The interactions of a memory-mapped table, each built into an `Interaction` when it is read."""
+
+    def __init__(self, table):  # a pyarrow Table with INTERACTION_COLUMNS
+        self.table = table
+        self.columns = [table.column(name) for name in INTERACTION_COLUMNS]
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = int(index)
+        return Interaction(*(column[i].as_py() for column in self.columns))
+
+    def __iter__(self) -> Iterator[Interaction]:
+        for batch in self.table.to_batches():
+            yield from (Interaction(*row) for row in zip(*(batch.column(n).to_pylist() for n in INTERACTION_COLUMNS)))
 
 
 def default_cache_dir() -> Path:
@@ -63,8 +119,8 @@ def load_or_build(
         except Exception as err:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring unreadable sample cache %s (%s); rebuilding", folder, err)
     data = load_source(source)
-    table = build_samples(data, samples)
-    _store(folder, data, table)
+    _store(folder, data, build_samples(data, samples))
+    data, table = _load(folder)  # read back memory-mapped, as a hit would be
     return data, table, False
 
 
@@ -122,14 +178,11 @@ def _shards(rows: int) -> dict:
 
 
 def _load(folder: Path) -> tuple[InteractionData, SampleTable]:
+    """The cached data and samples, memory-mapped (`ArrowRows`, `ArrowColumn`); the items read whole."""
     from datasets import load_from_disk
 
     meta = json.loads((folder / "meta.json").read_text())
-    inter = load_from_disk(str(folder / "interactions")).to_dict()
-    rows = [
-        Interaction(u, i, r, t, rv)
-        for u, i, r, t, rv in zip(inter["user"], inter["item"], inter["rating"], inter["timestamp"], inter["review"])
-    ]
+    inter = load_from_disk(str(folder / "interactions")).data.table
     it = load_from_disk(str(folder / "items")).to_dict()
     items = {
         iid: Item(iid, title, tuple(genres), brand, price, desc, year)
@@ -137,13 +190,14 @@ def _load(folder: Path) -> tuple[InteractionData, SampleTable]:
             it["item_id"], it["title"], it["genres"], it["brand"], it["price"], it["description"], it["year"]
         )
     }
-    cols = load_from_disk(str(folder / "samples")).to_dict()
-    table = SampleTable(dropped_short=meta["dropped_short"])
-    for name in table.columns():
-        getattr(table, name).extend(cols[name])
+    samples = load_from_disk(str(folder / "samples")).data.table
+    columns = {name: ArrowColumn(samples.column(name)) for name in SampleTable().columns()}
+    if len({len(c) for c in columns.values()}) > 1:
+        raise ValueError("sample columns of different lengths")
+    table = SampleTable(**columns, dropped_short=meta["dropped_short"])
     data = InteractionData(
         meta["name"],
-        rows,
+        ArrowRows(inter.select(list(INTERACTION_COLUMNS))),
         items,
         RatingScale(*meta["scale"]),
         meta["skipped_rows"],

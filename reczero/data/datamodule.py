@@ -114,6 +114,7 @@ class RatingDataModule(L.LightningDataModule):
         self._train_sampler: ResumableSampler | None = None
         self._resume_state: dict | None = None
         self._completions: tuple[dict[int, str], dict[int, str]] | None = None
+        self._positions: dict[str, list[int]] | None = None
 
     # -- building -------------------------------------------------------------------------------
     @property
@@ -178,10 +179,8 @@ class RatingDataModule(L.LightningDataModule):
         """The mean rating of the train split's targets: the rule-based rationale's anchor (`prompts.rationale`)."""
         if self.table is None:
             self.setup()
-        rows, ratings = self.data.interactions, []
-        for pos, split in enumerate(self.table.split):
-            if split == "train":
-                ratings.append(rows[self.table.target[pos]].rating)
+        rows = self.data.interactions
+        ratings = [rows[self.table.target[pos]].rating for pos in self.positions("train")]
         if not ratings:
             raise ValueError(f"no train samples in {self.data.name} to take a typical rating from")
         return sum(ratings) / len(ratings)
@@ -198,9 +197,14 @@ class RatingDataModule(L.LightningDataModule):
         return tuple(sorted(counts, key=lambda g: (-counts[g], g))[:12])
 
     def positions(self, split: str) -> list[int]:
+        """The sample positions of `split`, in table order (read once from the table)."""
         if self.table is None:
             self.setup()
-        return [p for p, s in enumerate(self.table.split) if s == split]
+        if self._positions is None:
+            self._positions = {name: [] for name in ("train", "validation", "test")}
+            for pos, name in enumerate(self.table.split):
+                self._positions[name].append(pos)
+        return self._positions[split]
 
     def dataset(self, split: str) -> PromptDataset:
         if self.table is None:

@@ -106,16 +106,9 @@ class GRPOModule(PolicyModule):
         policy, rollout = as_config(policy, PolicyConfig), as_config(rollout, RolloutConfig)
         reward, loss = as_config(reward, rewards.RewardSpec), as_config(loss, grpo.GRPOLossConfig)
         super().__init__(
-            policy,
-            prompt,
-            reward,
-            learning_rate,
-            weight_decay,
-            warmup_steps,
-            lr_schedule,
-            val_max_new_tokens,
+            policy, prompt, reward, learning_rate, weight_decay, warmup_steps, lr_schedule, val_max_new_tokens,
             adapter_dir,
-        )
+        )  # fmt: skip
         if micro_batch_size < 1 or num_passes < 1 or max_bad_steps < 1:
             raise ValueError("micro_batch_size, num_passes and max_bad_steps must all be >= 1")
         if loss.beta > 0 and not policy.lora_r:

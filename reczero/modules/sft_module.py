@@ -91,16 +91,9 @@ class SFTModule(PolicyModule):
     ):
         policy, reward = as_config(policy, PolicyConfig), as_config(reward, rewards.RewardSpec)
         super().__init__(
-            policy,
-            prompt,
-            reward,
-            learning_rate,
-            weight_decay,
-            warmup_steps,
-            lr_schedule,
-            val_max_new_tokens,
+            policy, prompt, reward, learning_rate, weight_decay, warmup_steps, lr_schedule, val_max_new_tokens,
             adapter_dir,
-        )
+        )  # fmt: skip
         self.save_hyperparameters()
         self._step_start: float | None = None
         self._step_tokens = 0
