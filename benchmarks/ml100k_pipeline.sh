@@ -30,8 +30,8 @@ resume() { [[ -e $1/last.ckpt ]] && echo --ckpt_path=last || true; }
 evaluate() {  # evaluate NAME CONFIG DECODING [--adapter DIR]
   local name=$1 config=$2 decoding=$3; shift 3
   stage "evaluate $name" "$OUT/$name.metrics.json" \
-    $PY -m reczero evaluate --config "$config" "${data[@]}" --split test --decoding "$decoding" \
-      --max-new-tokens 160 --name "$name" --output "$OUT/$name.jsonl" --no-progress "$@"
+    $PY -m reczero evaluate --config "$config" "${data[@]}" --split test --decode.mode="$decoding" \
+      --decode.max_new_tokens=160 --name "$name" --output "$OUT/$name.jsonl" --no-progress "$@"
 }
 
 stage baselines "$OUT/baselines.json" \

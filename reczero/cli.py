@@ -30,6 +30,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import json
 import logging
 import re
 import sys
@@ -126,16 +127,10 @@ def normalize(args: list[str], parser=None) -> list[str]:
             while i < len(args) and not args[i].startswith("--"):
                 values.append(args[i])
                 i += 1
-            out.append(f"{key}={_json_list(values)}")
+            out.append(f"{key}={json.dumps(values)}")
         else:
             out.append(f"{key}{eq}{value}")
     return out
-
-
-def _json_list(values: list[str]) -> str:
-    import json
-
-    return json.dumps(values)
 
 
 def run_command(name: str, args: list[str]):

@@ -6,14 +6,16 @@ and nothing else does. Writes go to a temporary folder that is renamed into plac
 build never leaves a cache that looks valid.
 
 What `load_or_build` returns reads the cache lazily: `InteractionData.interactions` is an `ArrowRows`
-and every `SampleTable` column an `ArrowColumn` over the memory-mapped Arrow files, so a row is built
-when it is read and an Amazon-scale file never has to fit in Python lists (the item table, one entry
-per item, is read whole).
+and every `SampleTable` column an `ArrowColumn` over the memory-mapped Arrow files, turned into Python
+values one record batch at a time and only the recently read batches kept, so an Amazon-scale file
+never has to fit in Python lists (the item table, one entry per item, is read whole).
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -32,8 +34,40 @@ CACHE_VERSION = 3  # 2: the duplicate rule runs on every source; 3: each split's
 INTERACTION_COLUMNS = ("user", "item", "rating", "timestamp", "review")
 
 
-class _Lazy(Sequence):
-    """Equal to any sequence with equal items, as the lists it stands for are."""
+CHUNKS_IN_MEMORY = 256  # record batches (datasets writes 1,000 rows each) kept in Python form per column
+
+
+class _Chunked(Sequence):
+    """A memory-mapped Arrow column or table read by record batch: the batch holding a row is turned into
+    Python values when first read, and the `CHUNKS_IN_MEMORY` most recently read batches are kept, so
+    memory stays bounded and data that fits is read at list speed. Equal to any sequence with equal
+    items, as the lists it stands for are."""
+
+    def __init__(self, chunks: list):
+        self.chunks = chunks
+        self.starts = [0]
+        for chunk in chunks:
+            self.starts.append(self.starts[-1] + len(chunk))
+        self._chunk = functools.lru_cache(maxsize=CHUNKS_IN_MEMORY)(self._read)
+
+    def _read(self, k: int) -> list:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = int(index)
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {index} of {len(self)}")
+        k = bisect.bisect_right(self.starts, i) - 1
+        return self._chunk(k)[i - self.starts[k]]
+
+    def __iter__(self) -> Iterator:
+        for k in range(len(self.chunks)):
+            yield from self._read(k)  # one pass: no need to keep what it read
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Sequence) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
@@ -41,44 +75,25 @@ class _Lazy(Sequence):
     __hash__ = None
 
 
-class ArrowColumn(_Lazy):
-    """One column of a memory-mapped table, read on access: `column[i]` is the Python value of row i."""
+class ArrowColumn(_Chunked):
+    """One column of a memory-mapped table: `column[i]` is the Python value of row i."""
 
     def __init__(self, column):  # a pyarrow ChunkedArray
-        self.column = column
+        super().__init__(column.chunks)
 
-    def __len__(self) -> int:
-        return len(self.column)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self.column[i].as_py() for i in range(*index.indices(len(self)))]
-        return self.column[int(index)].as_py()
-
-    def __iter__(self) -> Iterator:
-        for chunk in self.column.chunks:  # one chunk at a time in Python form
-            yield from chunk.to_pylist()
+    def _read(self, k: int) -> list:
+        return self.chunks[k].to_pylist()
 
 
-class ArrowRows(_Lazy):
-    """The interactions of a memory-mapped table, each built into an `Interaction` when it is read."""
+class ArrowRows(_Chunked):
+    """The interactions of a memory-mapped table, each an `Interaction` when it is read."""
 
     def __init__(self, table):  # a pyarrow Table with INTERACTION_COLUMNS
-        self.table = table
-        self.columns = [table.column(name) for name in INTERACTION_COLUMNS]
+        super().__init__(table.select(list(INTERACTION_COLUMNS)).to_batches())
 
-    def __len__(self) -> int:
-        return self.table.num_rows
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = int(index)
-        return Interaction(*(column[i].as_py() for column in self.columns))
-
-    def __iter__(self) -> Iterator[Interaction]:
-        for batch in self.table.to_batches():
-            yield from (Interaction(*row) for row in zip(*(batch.column(n).to_pylist() for n in INTERACTION_COLUMNS)))
+    def _read(self, k: int) -> list[Interaction]:
+        batch = self.chunks[k]
+        return [Interaction(*row) for row in zip(*(batch.column(n).to_pylist() for n in INTERACTION_COLUMNS))]
 
 
 def default_cache_dir() -> Path:
@@ -197,7 +212,7 @@ def _load(folder: Path) -> tuple[InteractionData, SampleTable]:
     table = SampleTable(**columns, dropped_short=meta["dropped_short"])
     data = InteractionData(
         meta["name"],
-        ArrowRows(inter.select(list(INTERACTION_COLUMNS))),
+        ArrowRows(inter),
         items,
         RatingScale(*meta["scale"]),
         meta["skipped_rows"],

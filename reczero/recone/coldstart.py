@@ -10,7 +10,7 @@ hint and keep an explanation that reaches it without mentioning it (Reason4Rec's
      (one batched `rollout.engine.generate` call, shared prefill);
   2. a sample keeps its first completion that passes `rewards.check_format` with a rating within
      `--tolerance` of the truth (`judge_direct`); completions that copy the prompt's skeleton hints
-     or its one-shot example answer (`data.answer_example`) are rejected too (`copied_example`);
+     or its one-shot example answer (`data.prompt.answer_example`) are rejected too (`copied_example`);
   3. the others are asked again, the prompt extended by `hint_sentence(truth)`, `--hint-tries`
      completions each (default `--tries`; 0 skips this round); kept: the first that passes the
      format, rates exactly the hint and does not leak it (`judge_hinted`, `traces.leaks_hint`);
