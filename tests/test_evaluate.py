@@ -100,6 +100,12 @@ def prompt_batch(ids: torch.Tensor, mask: torch.Tensor, scale=SCALES["1-5"]) -> 
     return {"input_ids": ids, "attention_mask": mask, "scale": scale, "fallback": torch.full((ids.shape[0],), 3.0)}
 
 
+def decode_expected(model, tokenizer, ids, mask, prefix: str = "") -> list:
+    """Expected-rating decoding of 32 tokens at most, on the 1-5 scale."""
+    cfg = DecodeConfig("expected", max_new_tokens=32)
+    return decode_batch(model, tokenizer, prompt_batch(ids, mask, SCALES["1-5"]), cfg, PAPER, prefix)
+
+
 def tiny_data(tmp_path, **kwargs) -> RatingDataModule:
     return RatingDataModule(
         source=SourceConfig(format="synthetic", synthetic_users=30, synthetic_items=20, synthetic_ratings_per_user=8),
@@ -159,14 +165,7 @@ def test_expected_decoding_with_the_tag_in_the_response_prefix(tiny_tokenizer, t
     mask = torch.ones_like(ids)
     model.rate_index = 0  # the prompt ends where SCRIPT's `<rate>` ends
     model.script = [0] + tiny_tokenizer.encode(SCRIPT[RATE_AT + 1 :], add_special_tokens=False)
-    (d,) = decode_batch(
-        model,
-        tiny_tokenizer,
-        prompt_batch(ids, mask, SCALES["1-5"]),
-        DecodeConfig("expected", max_new_tokens=32),
-        PAPER,
-        prefix,
-    )
+    (d,) = decode_expected(model, tiny_tokenizer, ids, mask, prefix)
     assert d.prediction == pytest.approx(2.5) and d.rate_mass == pytest.approx(1.0)
 
 
@@ -174,13 +173,7 @@ def test_expected_without_rate_tag_keeps_the_greedy_parse(tiny_tokenizer, tiny_m
     script = "<analyze user>no rating here</analyze user>"
     model = ScriptedLM(tiny_model, tiny_tokenizer, {}, script=script)
     ids, mask = _prompts(tiny_tokenizer, 1)
-    (d,) = decode_batch(
-        model,
-        tiny_tokenizer,
-        prompt_batch(ids, mask, SCALES["1-5"]),
-        DecodeConfig("expected", max_new_tokens=32),
-        PAPER,
-    )
+    (d,) = decode_expected(model, tiny_tokenizer, ids, mask)
     assert d.completions == [script] and d.prediction is None and d.rate_mass is None
 
 
