@@ -305,15 +305,24 @@ QUIET_WARNINGS = (
     # LightningCLI, when `main(argv)` is called from Python (tests, scripts) with an argv of its own:
     # the command line it is given is the one meant
     r"LightningCLI's args parameter is intended to run from within Python",
+    # peft asks transformers 5 a property it deprecated; peft's call, nothing a user can change
+    r"`is_gradient_checkpointing` is deprecated",
+    # Lightning's own batch-transfer code uses a torch API torch deprecated; nothing a user can change
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )
-# Known-harmless log records: logger -> a text its noise contains.
+# Known-harmless log records: logger -> texts its noise contains.
+_LIGHTNING_NOISE = (
+    # a tip to install its cloud logger; the configs log to TensorBoard
+    "litlogger",
+    # the modules' step-counting progress bar replaces Lightning's default one, as intended
+    "will override existing callbacks passed to Trainer: RichProgressBar",
+)
 QUIET_LOGS = {
     # bitsandbytes, at import: the optional `kernels` package for its CPU 4-bit matmul is not installed;
     # it falls back to its own kernel, and only 4-bit runs use it at all.
-    "bitsandbytes.backends.cpu.ops": "kernels-community",
-    # Lightning: a tip to install its cloud logger; the configs log to TensorBoard.
-    "lightning.pytorch.utilities.rank_zero": "litlogger",
-    "lightning.fabric.utilities.rank_zero": "litlogger",
+    "bitsandbytes.backends.cpu.ops": ("kernels-community",),
+    "lightning.pytorch.utilities.rank_zero": _LIGHTNING_NOISE,
+    "lightning.fabric.utilities.rank_zero": _LIGHTNING_NOISE,
 }
 
 
@@ -330,14 +339,15 @@ class _StderrHandler(logging.StreamHandler):
 
 
 class _Drop(logging.Filter):
-    """Drops the records whose message contains `text`."""
+    """Drops the records whose message contains one of `texts`."""
 
-    def __init__(self, text: str):
+    def __init__(self, texts: tuple[str, ...]):
         super().__init__()
-        self.text = text
+        self.texts = texts
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
+        message = record.getMessage()
+        return not any(text in message for text in self.texts)
 
 
 def setup_console() -> None:
@@ -350,10 +360,10 @@ def setup_console() -> None:
         logger.setLevel(logging.INFO)
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    for name, text in QUIET_LOGS.items():
+    for name, texts in QUIET_LOGS.items():
         target = logging.getLogger(name)
         if not any(isinstance(f, _Drop) for f in target.filters):
-            target.addFilter(_Drop(text))
+            target.addFilter(_Drop(texts))
 
 
 # -- main -----------------------------------------------------------------------------------------

@@ -274,10 +274,11 @@ def _tied_csv(path) -> None:
 
 
 def test_time_split_baselines_never_see_the_test_period_ties_included(tmp_path):
+    from reczero.cli import main
     from reczero.data.datamodule import RatingDataModule
     from reczero.data.samples import SampleConfig
     from reczero.data.sources import SourceConfig
-    from reczero.evaluation.baselines import baseline_split, baselines_main
+    from reczero.evaluation.baselines import baseline_split
 
     _tied_csv(tmp_path / "r.csv")
     source = SourceConfig(format="csv", path=str(tmp_path / "r.csv"))
@@ -295,10 +296,10 @@ def test_time_split_baselines_never_see_the_test_period_ties_included(tmp_path):
     assert all(stamps[(u, i)] < min(stamps[p] for p in split["validation"]["pairs"]) for u, i, _ in split["train"])
     assert len(split["refit"]) == sum(r.timestamp < start for r in rows)  # every earlier row, not only samples
     # the command fits on exactly that: a user-mean refit on `refit` matches a hand computation
-    out = baselines_main(["--data.source.format=csv", f"--data.source.path={tmp_path / 'r.csv'}",
-                          "--data.samples.split=time", "--data.samples.time_quantiles=[0.5, 0.75]",
-                          "--data.samples.min_history=1", f"--data.cache_dir={tmp_path / 'cache'}",
-                          "--methods", "user_mean"])  # fmt: skip
+    out = main(["baselines", "--data.source.format=csv", f"--data.source.path={tmp_path / 'r.csv'}",
+                "--data.samples.split=time", "--data.samples.time_quantiles=[0.5, 0.75]",
+                "--data.samples.min_history=1", f"--data.cache_dir={tmp_path / 'cache'}",
+                "--methods", "user_mean"])  # fmt: skip
     by_user: dict[str, list[float]] = {}
     for u, _, r in split["refit"]:
         by_user.setdefault(u, []).append(r)

@@ -384,16 +384,18 @@ def test_baselines_command_on_a_small_synthetic_set(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| bias_baseline |" in printed and "leave-last" in printed
     saved = json.loads((tmp_path / "b.json").read_text())
-    assert saved["kind"] == "baselines" and [r["name"] for r in saved["results"]] == [
-        "global_mean",
-        "user_mean",
-        "bias_baseline",
-    ]
+    names = [r["name"] for r in saved["results"]]
+    fitted = ["global_mean", "user_mean", "bias_baseline"]  # the --methods asked for, then the prompt's own
+    shown = ["user_mean_shown", "item_mean_shown", "bias_shown", "teacher_rule"]
+    rounded = [f"{n} (rounded)" for n in fitted + shown if n != "teacher_rule"]  # the rule already rounds
+    assert saved["kind"] == "baselines" and names == fitted + shown + rounded
     dm = RatingDataModule(source=SourceConfig(synthetic_users=40), cache_dir=str(tmp_path / "cache"))
     dm.setup()
     train = [s for s in assign_splits(dm.data, dm.sample_config) if s == "train"]
+    valid_rows = [s for s in assign_splits(dm.data, dm.sample_config) if s == "validation"]
     assert saved["counts"] == {
         "train": len(train),
+        "refit": len(train) + len(valid_rows),  # leave_last refits on every row but the test ones
         "validation": len(dm.positions("validation")),
         "test": len(dm.positions("test")),
     }

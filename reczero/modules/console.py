@@ -39,6 +39,12 @@ class StepProgressBar(RichProgressBar):
             )
         return f"{text:{len(self.validation_description)}}" if len(self.validation_description) > len(text) else text
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.progress is not None and self.train_progress_bar_id is not None:  # the step count moved on
+            description = self._get_train_description(trainer.current_epoch)
+            self.progress.update(self.train_progress_bar_id, description=description)
+
 
 class ValidationTable(L.Callback):
     """Prints the first and the latest validation metrics side by side at the end of `fit`."""
