@@ -8,7 +8,7 @@
   reczero data stats|preview [--config FILE] [--tokens] [--count 3]
   reczero report    --inputs a.json b.json [--runs checkpoints/run ...] --out DIR
 
-Every command but `report` is parsed by jsonargparse from typed signatures, with the same config:
+Every command is parsed by jsonargparse from typed signatures, and all but `report` take the same config:
 `--config` takes a fit YAML (or a run's saved config.yaml); `data:` is the `RatingDataModule`,
 `model:` the LightningModule (its `policy`, `reward` and `val_max_new_tokens` are what `evaluate`,
 `predict` and `coldstart` use), and `trainer:` / `seed_everything` are read by `fit` only. The same
