@@ -45,7 +45,7 @@ import numpy as np
 
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import prompt_input
-from reczero.data.samples import assign_splits
+from reczero.data.samples import assign_splits, build_samples
 from reczero.evaluation.predictors import PREDICTORS, Predictor, TooLargeError, encode
 from reczero.prompts import rationale, round_to_scale
 
@@ -222,15 +222,17 @@ def with_rounded(
     return out
 
 
-def shown_predictors(dm, positions: Sequence[int]) -> dict[str, np.ndarray]:
+def shown_predictors(dm, positions: Sequence[int], table=None) -> dict[str, np.ndarray]:
     """Ratings predicted from what each sample's prompt shows (all earlier ratings, strictly before it).
 
     user_mean_shown / item_mean_shown: the user's / the item's average (the other one, then the
     typical rating, where it has none); bias_shown: item average + user average - typical rating;
     teacher_rule: the rule-based RecOne teacher's rating (`prompts.rationale`, rounded to the scale).
-    The typical rating is the train split's mean (`RatingDataModule.typical_rating`).
+    The typical rating is the train split's mean (`RatingDataModule.typical_rating`). `table`: the
+    sample table `positions` point into (default the DataModule's).
     """
-    table, typical, scale = dm.table, dm.typical_rating, dm.scale
+    table = dm.table if table is None else table
+    typical, scale = dm.typical_rating, dm.scale
     out: dict[str, list[float]] = {"user_mean_shown": [], "item_mean_shown": [], "bias_shown": [], "teacher_rule": []}
     for pos in positions:
         user = table.user_avg[pos] if table.user_count[pos] else None
@@ -247,7 +249,7 @@ def shown_predictors(dm, positions: Sequence[int]) -> dict[str, np.ndarray]:
 def score_shown(dm, split: dict) -> list[BaselineResult]:
     """`shown_predictors` on the validation and test samples, as results (nothing is fit or tuned)."""
     start = time.perf_counter()
-    valid = shown_predictors(dm, split["validation"]["positions"])
+    valid = shown_predictors(dm, split["validation"]["positions"], split["validation"]["table"])
     test = shown_predictors(dm, split["test"]["positions"])
     valid_y = np.asarray(split["validation"]["truth"], np.float64)
     test_y = np.asarray(split["test"]["truth"], np.float64)
@@ -286,26 +288,34 @@ def baseline_split(dm) -> dict:
     train: the rows tuning fits on, as (user, item, rating): the `train` split's interactions (time:
     the training period; leave_last: every user's ratings but the last two). refit: what the chosen
     candidate is refit on before the test: every `train` and `validation` interaction (time: all of
-    them are earlier than every test interaction). validation / test: the DataModule's validation /
-    test samples (after min_history and any max_samples cap): positions, (user, item) pairs, true
-    ratings and sample keys, the very samples an LLM is evaluated on.
+    them are earlier than every test interaction). test: the DataModule's test samples (after
+    min_history and any max_samples cap), the very samples an LLM is evaluated on. validation: EVERY
+    validation sample, whatever `max_samples` caps for the LLM's validation: the baselines are tuned
+    on all of it, their best configuration. Each holds positions into its `table`, (user, item)
+    pairs, true ratings and sample keys.
     """
     dm.setup()
     rows = dm.data.interactions
-    splits = assign_splits(dm.data, dm.sample_config)
+    cfg = dm.sample_config
+    splits = assign_splits(dm.data, cfg)
+    tables = {"test": dm.table, "validation": dm.table}
+    if "validation" in cfg.max_samples:
+        rest = {k: v for k, v in cfg.max_samples.items() if k != "validation"}
+        tables["validation"] = build_samples(dm.data, dataclasses.replace(cfg, max_samples=rest))
     out = {
         "train": [(r.user, r.item, r.rating) for r, s in zip(rows, splits) if s == "train"],
         "refit": [(r.user, r.item, r.rating) for r, s in zip(rows, splits) if s in ("train", "validation")],
         "test_start": min((r.timestamp for r, s in zip(rows, splits) if s == "test"), default=None),
     }
-    for split in ("validation", "test"):
-        positions = dm.positions(split)
-        targets = [rows[dm.table.target[p]] for p in positions]
+    for split, table in tables.items():
+        positions = [p for p, s in enumerate(table.split) if s == split]
+        targets = [rows[table.target[p]] for p in positions]
         out[split] = {
+            "table": table,
             "positions": positions,
             "pairs": [(r.user, r.item) for r in targets],
             "truth": [r.rating for r in targets],
-            "keys": [dm.sample_key(p) for p in positions],
+            "keys": [f"{r.user}|{r.item}|{r.timestamp}" for r in targets],
         }
     return out
 
