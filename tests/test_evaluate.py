@@ -38,14 +38,15 @@ RATE_AT = SCRIPT.index("<rate>") + len("<rate>")
 
 class ScriptedLM(torch.nn.Module):
     """The tiny Llama with its logits replaced: greedy decoding writes SCRIPT, and the position right
-    after SCRIPT's `<rate>` gets `rate_probs` (token id -> probability; the rest ~0).
+    after SCRIPT's `<rate>` gets `rate_probs` (token id -> probability; the rest ~0), or, with None,
+    keeps the inner model's own logits there.
 
     The completion position of a call is its last position id + 1 - the row's prompt length, which
     the prefill call (the one with `use_cache`) records. Every row writes the same number of tokens,
     so `generate` never drops rows mid-way and row i stays row i (times num_samples).
     """
 
-    def __init__(self, inner, tokenizer, rate_probs: dict[int, float], script: str = SCRIPT):
+    def __init__(self, inner, tokenizer, rate_probs: dict[int, float] | None, script: str = SCRIPT):
         super().__init__()
         self.inner = inner
         self.script = tokenizer.encode(script, add_special_tokens=False)
@@ -54,10 +55,11 @@ class ScriptedLM(torch.nn.Module):
         self.rate_index = len(head) if head else -1  # -1: no rating position
         assert head is None or self.script[: len(head)] == head  # the cut falls on a token boundary
         self.eos = tokenizer.eos_token_id
-        self.rate_logits = torch.full((inner.config.vocab_size,), -1e4)
-        for token, p in rate_probs.items():
+        self.rate_logits = None if rate_probs is None else torch.full((inner.config.vocab_size,), -1e4)
+        for token, p in (rate_probs or {}).items():
             self.rate_logits[token] = math.log(p)
         self.prompt_len = None
+        self.calls: list[int] = []  # input width of every forward
 
     def forward(self, input_ids, attention_mask, position_ids, use_cache=False, **kwargs):
         out = self.inner(
@@ -73,9 +75,11 @@ class ScriptedLM(torch.nn.Module):
         prompt_len = self.prompt_len.repeat_interleave(rows // len(self.prompt_len))  # [rows]
         index = position_ids[:, -1] + 1 - prompt_len  # completion position being predicted [rows]
         logits = out.logits.clone()
+        self.calls.append(input_ids.shape[1])
         for r, i in enumerate(index.tolist()):
             if i == self.rate_index:
-                logits[r, -1] = self.rate_logits
+                if self.rate_logits is not None:  # else the inner model's own distribution stays
+                    logits[r, -1] = self.rate_logits
             else:
                 logits[r, -1] = -1e4
                 logits[r, -1, self.script[i] if 0 <= i < len(self.script) else self.eos] = 0.0
@@ -154,6 +158,23 @@ def test_expected_decoding_on_known_logits(tiny_tokenizer, tiny_model):
         assert d.prediction == pytest.approx(4.1)  # (3 * .16 + 4 * .4 + 5 * .24) / .8
         assert d.rate_mass == pytest.approx(0.8)
         assert d.completions == [SCRIPT]
+
+
+def test_expected_decoding_reads_the_rating_off_the_decoding_step(tiny_tokenizer, tiny_model):
+    """The distribution recorded while decoding equals a separate forward over prompt + completion up
+    to `<rate>`, and no such forward runs (every call after the prefill is one token wide)."""
+    model = ScriptedLM(tiny_model, tiny_tokenizer, None)  # the tiny model's own logits at the rating
+    ids, mask = _prompts(tiny_tokenizer)
+    cfg = DecodeConfig("expected", max_new_tokens=64)
+    decoded = decode_batch(model, tiny_tokenizer, prompt_batch(ids, mask), cfg, PAPER)
+    assert model.calls[0] == ids.shape[1] and set(model.calls[1:]) == {1}
+    head = tiny_tokenizer.encode(SCRIPT[:RATE_AT], add_special_tokens=False)
+    logits = decoding.last_logits(tiny_model, [ids[0].tolist() + head], tiny_tokenizer.pad_token_id, ids.device)
+    want, mass = expected_from_logits(logits[0], rating_candidates(tiny_tokenizer, SCALES["1-5"]))
+    for d in decoded:
+        assert d.completions[0].startswith(SCRIPT[:RATE_AT]) and d.rate_mass is not None
+        assert d.prediction == pytest.approx(want, abs=1e-5) and d.rate_mass == pytest.approx(mass, rel=1e-4)
+        assert d.prediction != 4.0  # the expectation, not the greedy "4"
 
 
 def test_expected_decoding_with_the_tag_in_the_response_prefix(tiny_tokenizer, tiny_model):

@@ -7,8 +7,10 @@ and score every completion with `rewards.score_batch` (format, copy check, groun
 - `greedy` (the paper's protocol): one greedy completion; the rating is the number in the LAST
   rating block (`rewards.parse_rating`), None when it does not parse to a value inside the scale.
 - `expected`: greedy reasoning, then the model's own distribution over the rating at the rating
-  block: the prompt plus the completion up to and including the last `<rate>` (and the whitespace
-  the model wrote after it, where that ends on a token boundary) gets ONE forward pass; the softmax
+  block: the next-token distribution after the prompt plus the completion up to and including the
+  last `<rate>` (and the whitespace the model wrote after it, where that ends on a token boundary),
+  read off the decoding step that computed it (`engine.Watch`; one extra forward only where the
+  cut falls inside a token or in the response prefix); the softmax
   probabilities of the scale values' tokens are summed per value, renormalised over those values
   and averaged: ``sum_v v * p(v) / sum_v p(v)``. `rate_mass` records ``sum_v p(v)`` before
   renormalising (how much of the distribution the rating tokens held). Without a `<rate>` in the
@@ -32,7 +34,7 @@ import torch
 
 from reczero import prompts, rewards
 from reczero.data.batching import left_pad, pad_id, scale_of
-from reczero.rollout.engine import SamplingConfig, generate
+from reczero.rollout.engine import SamplingConfig, Watch, generate
 from reczero.rollout.merge import merged_lora
 from reczero.scale import RatingScale
 
@@ -175,7 +177,12 @@ def expected_from_logits(logits: torch.Tensor, candidates: RatingCandidates) -> 
     ``p = softmax(logits)``; ``E = sum_k v_k p_k / sum_k p_k`` over the candidate tokens k (two
     tokens of one value simply add up). None when the candidates hold no probability at all.
     """
-    probs = logits.double().softmax(dim=-1)[candidates.token_ids.to(logits.device)].cpu()  # [K]
+    return expected_from_probs(logits.double().softmax(dim=-1)[candidates.token_ids.to(logits.device)], candidates)
+
+
+def expected_from_probs(probs: torch.Tensor, candidates: RatingCandidates) -> tuple[float | None, float]:
+    """probs [K] of the candidate tokens at the rating position -> (expected rating, their mass)."""
+    probs = probs.double().cpu()
     mass = float(probs.sum())
     if mass <= 0.0:
         return None, 0.0
@@ -249,12 +256,16 @@ def decode_batch(
     measure (`rewards.score_batch`); rewards are computed against `target`, or, for requests without
     one (`target` None), against `fallback` and not reported.
     """
-    g, scale = cfg.num_samples, scale_of(batch)
+    g, scale, watch = cfg.num_samples, scale_of(batch), None
     device = next(model.parameters()).device
     input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # [B, P]
-    sampling = cfg.sampling(rewards.get_template(spec.template).rating_tag)
+    rating_tag = rewards.get_template(spec.template).rating_tag
+    sampling = cfg.sampling(rating_tag)
+    if cfg.mode == "expected":
+        candidates = candidates or rating_candidates(tokenizer, scale)
+        watch = Watch(f"<{rating_tag}>", candidates.token_ids)
     with merged_lora(model):
-        gen = generate(model, tokenizer, input_ids, attention_mask, g, sampling, generator)
+        gen = generate(model, tokenizer, input_ids, attention_mask, g, sampling, generator, watch=watch)
     texts = [response_prefix + t for t in gen.texts]  # [B*G], prompt-major
     has_target = batch.get("target") is not None
     per_row = lambda key: None if batch.get(key) is None else [x for x in batch[key] for _ in range(g)]  # noqa: E731
@@ -294,14 +305,23 @@ def decode_batch(
 def _add_expectations(
     model, tokenizer, input_ids, attention_mask, gen, out, cfg, spec, scale, prefix, candidates
 ) -> None:
-    """Replace each greedy prediction by the expectation at its last rating tag (where there is one)."""
+    """Replace each greedy prediction by the expectation at its last rating tag (where there is one).
+
+    The distribution recorded while decoding (`Generation.watched`) is used where it was taken at the
+    same cut `_rate_context` makes; other rows (a cut inside a token, the tag in the response prefix)
+    get one forward over prompt + completion up to the cut.
+    """
     candidates = candidates or rating_candidates(tokenizer, scale)
     rating_tag = rewards.get_template(spec.template).rating_tag
     contexts, rows = [], []
     for b in range(len(out)):
         length = int(gen.lengths[b])
         ctx, found = _rate_context(gen.tokens[b, :length].tolist(), gen.texts[b], prefix, tokenizer, f"<{rating_tag}>")
-        if found:
+        if not found:
+            continue
+        if gen.watched is not None and int(gen.watched_at[b]) == len(ctx):
+            _set_expectation(out[b], expected_from_probs(gen.watched[b], candidates))
+        else:
             prompt = input_ids[b][attention_mask[b].bool()].tolist()  # unpadded prompt
             contexts.append(prompt + ctx)
             rows.append(b)
@@ -309,7 +329,10 @@ def _add_expectations(
         return
     logits = last_logits(model, contexts, pad_id(tokenizer), input_ids.device)  # [N, V]
     for row, b in enumerate(rows):
-        value, mass = expected_from_logits(logits[row], candidates)
-        out[b].rate_mass = mass
-        if value is not None:
-            out[b].prediction = value
+        _set_expectation(out[b], expected_from_logits(logits[row], candidates))
+
+
+def _set_expectation(decoded: Decoded, expectation: tuple[float | None, float]) -> None:
+    value, decoded.rate_mass = expectation
+    if value is not None:
+        decoded.prediction = value

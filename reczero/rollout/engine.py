@@ -38,6 +38,18 @@ class SamplingConfig:
 
 
 @dataclass
+class Watch:
+    """Record the next-token distribution over `token_ids [K]` wherever the completion reaches `tag`.
+
+    Expected-rating decoding needs the model's distribution at the rating block; reading it off the
+    decoding step that is computed anyway saves a second forward over prompt + completion.
+    """
+
+    tag: str
+    token_ids: torch.Tensor
+
+
+@dataclass
 class Generation:
     """Sampled completions, prompt-major.
 
@@ -45,12 +57,17 @@ class Generation:
     lengths:  [N] tokens per completion, the EOS or stop-string tokens included
     finished: [N] True where the row ended by EOS or a stop string, False where it hit max_new_tokens
     texts:    N decoded completions (special tokens removed)
+    watched:  [N, K] float64 next-token probabilities of `Watch.token_ids` at the LAST point where the
+              completion so far ended with `Watch.tag` (plus any whitespace); NaN where it never did
+    watched_at: [N] completion tokens before that point (-1 where never)
     """
 
     tokens: torch.Tensor
     lengths: torch.Tensor
     finished: torch.Tensor
     texts: list[str]
+    watched: torch.Tensor | None = None
+    watched_at: torch.Tensor | None = None
 
     @property
     def completion_mask(self) -> torch.Tensor:
@@ -115,12 +132,14 @@ def generate(
     sampling: SamplingConfig,
     generator: torch.Generator | None = None,
     inplace_cache: bool = True,
+    watch: Watch | None = None,
 ) -> Generation:
     """Sample `num_samples` completions of each left-padded prompt (`input_ids [B, P]`).
 
     The model must be in eval mode (the caller owns train/eval switching). `inplace_cache` decodes
     into a preallocated KV cache (`kv_cache.PreallocatedLayer`) instead of transformers' concatenating
-    one; False is kept for benchmarks and equality tests.
+    one; False is kept for benchmarks and equality tests. `watch` records rating distributions
+    (`Watch`, `Generation.watched`).
     """
     device = input_ids.device
     batch, width = input_ids.shape
@@ -128,7 +147,8 @@ def generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = torch.tensor(sorted(stop_token_ids(tokenizer, model)), device=device)
     stop_strings = tuple(sampling.stop_strings or ())
-    tail_tokens = max((len(tokenizer.encode(s, add_special_tokens=False)) for s in stop_strings), default=0) + 2
+    tails_of = [*stop_strings, *([watch.tag] if watch else [])]
+    tail_tokens = max((len(tokenizer.encode(s, add_special_tokens=False)) for s in tails_of), default=0) + 2
 
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
     out = model(
@@ -154,16 +174,23 @@ def generate(
     lengths = torch.zeros(n, dtype=torch.long, device=device)
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     active = torch.arange(n, device=device)  # rows of `tokens` still decoding, in cache order
+    if watch is not None:
+        watch_ids = watch.token_ids.to(device)
+        watched = torch.full((n, len(watch_ids)), float("nan"), dtype=torch.float64, device=device)  # [N, K]
+        watched_at = torch.full((n,), -1, dtype=torch.long, device=device)
     for step in range(sampling.max_new_tokens):
         new = sample_next(logits, sampling.temperature, sampling.top_p, sampling.top_k, generator)  # [A]
         tokens[active, step] = new
         lengths[active] = step + 1
         done = torch.isin(new, eos_ids)
-        if stop_strings:
+        if tails_of:
             start = max(0, step + 1 - tail_tokens)
             tails = tokenizer.batch_decode(tokens[active, start : step + 1], skip_special_tokens=True)
+        if stop_strings:
             hit = torch.tensor([any(s in t for s in stop_strings) for t in tails], device=device)
             done = done | hit
+        if watch is not None:  # rows whose next token is the rating: record the coming logits
+            at_tag = torch.tensor([t.rstrip().endswith(watch.tag) for t in tails], device=device)  # [A]
         finished[active[done]] = True
         if step + 1 == sampling.max_new_tokens or bool(done.all()):
             break
@@ -171,6 +198,8 @@ def generate(
         if keep.numel() < active.numel():
             cache.batch_select_indices(keep)
             mask, next_pos, new, active = mask[keep], next_pos[keep], new[keep], active[keep]
+            if watch is not None:
+                at_tag = at_tag[keep]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [A, P + step + 1]
         out = model(
             input_ids=new[:, None],
@@ -182,7 +211,13 @@ def generate(
         cache = _cache_of(out)
         logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
+        if watch is not None and bool(at_tag.any()):
+            rows = active[at_tag]
+            watched[rows] = logits[at_tag].double().softmax(dim=-1)[:, watch_ids]
+            watched_at[rows] = step + 1
     used = int(lengths.max().item()) if n else 0
     tokens = tokens[:, : max(used, 1)]
     texts = [tokenizer.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True) for i in range(n)]
-    return Generation(tokens=tokens, lengths=lengths, finished=finished, texts=texts)
+    if watch is None:
+        return Generation(tokens=tokens, lengths=lengths, finished=finished, texts=texts)
+    return Generation(tokens, lengths, finished, texts, watched, watched_at)
