@@ -138,34 +138,32 @@ class GlobalMean(_Fitted):
         return np.full(len(users), self.mu_)
 
 
-class UserMean(_Fitted):
+class _SideMean(_Fitted):
+    """The mean training rating of the pair's user (`side = "user"`) or item; the global mean when unseen."""
+
+    side = "user"
+
+    def fit(self, train: RatingTriples) -> _SideMean:
+        self.mu_ = float(train.ratings.mean())
+        codes, n = (train.users, train.n_users) if self.side == "user" else (train.items, train.n_items)
+        self.mean_ = _group_mean(codes, train.ratings, n, self.mu_)  # [n_users] or [n_items]
+        return self
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        self._check("mu_")
+        return _lookup(self.mean_, users if self.side == "user" else items, self.mu_)
+
+
+class UserMean(_SideMean):
     """The user's mean training rating; the global mean for an unseen user."""
 
-    name = "user_mean"
-
-    def fit(self, train: RatingTriples) -> UserMean:
-        self.mu_ = float(train.ratings.mean())
-        self.user_mean_ = _group_mean(train.users, train.ratings, train.n_users, self.mu_)  # [n_users]
-        return self
-
-    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        self._check("mu_")
-        return _lookup(self.user_mean_, users, self.mu_)
+    name, side = "user_mean", "user"
 
 
-class ItemMean(_Fitted):
+class ItemMean(_SideMean):
     """The item's mean training rating; the global mean for an unseen item."""
 
-    name = "item_mean"
-
-    def fit(self, train: RatingTriples) -> ItemMean:
-        self.mu_ = float(train.ratings.mean())
-        self.item_mean_ = _group_mean(train.items, train.ratings, train.n_items, self.mu_)  # [n_items]
-        return self
-
-    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        self._check("mu_")
-        return _lookup(self.item_mean_, items, self.mu_)
+    name, side = "item_mean", "item"
 
 
 class BiasBaseline(_Fitted):
