@@ -2,7 +2,7 @@
 # RecZero and RecOne on MovieLens-100K, end to end on the CPU, under the headline protocol
 # (global time split; every method scored on the same seeded 1,000 test samples):
 #   classical baselines -> RecOne cold-start traces (rule-based teacher) -> SFT -> GRPO (strict reward)
-#   -> RecZero GRPO -> evaluation of zero-shot, RecZero, SFT-only and RecOne -> report with intervals.
+#   (each evaluated as soon as it exists) -> RecZero zero-shot, GRPO, evaluation -> report with intervals.
 # Each stage is skipped when its output exists, so a stopped run resumes where it was (a stage cut
 # short reruns; `fit` stages resume from their last checkpoint). Wall time per stage goes to
 # $OUT/stages.jsonl. Usage: benchmarks/ml100k_pipeline.sh [path/to/ml-100k] (make ml100k).
@@ -41,15 +41,14 @@ stage coldstart "$RUNS/traces-ml100k.jsonl.done" bash -c "
   && touch $RUNS/traces-ml100k.jsonl.done"
 stage sft "$RUNS/sft-ml100k/adapter" \
   $PY -m reczero fit --config configs/ml100k-sft.yaml "${data[@]}" $(resume "$RUNS/sft-ml100k")
+evaluate recone-sft-only configs/ml100k-recone.yaml expected --adapter "$RUNS/sft-ml100k/adapter"
 stage recone-grpo "$RUNS/recone-ml100k/adapter" \
   $PY -m reczero fit --config configs/ml100k-recone.yaml "${data[@]}" $(resume "$RUNS/recone-ml100k")
+evaluate recone configs/ml100k-recone.yaml expected --adapter "$RUNS/recone-ml100k/adapter"
+evaluate reczero-zero-shot configs/ml100k.yaml greedy
 stage reczero-grpo "$RUNS/grpo-ml100k/adapter" \
   $PY -m reczero fit --config configs/ml100k.yaml "${data[@]}" $(resume "$RUNS/grpo-ml100k")
-
-evaluate reczero-zero-shot configs/ml100k.yaml greedy
 evaluate reczero configs/ml100k.yaml greedy --adapter "$RUNS/grpo-ml100k/adapter"
-evaluate recone-sft-only configs/ml100k-recone.yaml expected --adapter "$RUNS/sft-ml100k/adapter"
-evaluate recone configs/ml100k-recone.yaml expected --adapter "$RUNS/recone-ml100k/adapter"
 
 $PY -m reczero report --out "$OUT/report" \
   --inputs "$OUT/baselines.json" "$OUT"/reczero-zero-shot.metrics.json "$OUT"/reczero.metrics.json \
