@@ -3,7 +3,8 @@ line, where one exists) or, in skip mode, load with an exact count (loaded + ski
 
 Damage: truncation (of the text or of the gzip stream), a line replaced by random bytes or random
 text, a delimiter swapped, a JSON field set to a value of the wrong type, blank lines, an empty file,
-a file of random bytes. Runs 40 examples per property by default; `HYPOTHESIS_PROFILE=slow` runs more.
+a file of random bytes. Runs 40 examples per property by default; `HYPOTHESIS_PROFILE=slow` runs 500
+(`HYPOTHESIS_MAX_EXAMPLES=N` runs N).
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ settings.register_profile(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.register_profile(
-    "readers-slow", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+settings.register_profile(  # HYPOTHESIS_MAX_EXAMPLES sets its size (the README's reliability table: 10,000)
+    "readers-slow",
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", 500)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 PROFILE = settings.get_profile("readers-slow" if os.environ.get("HYPOTHESIS_PROFILE") == "slow" else "readers-default")
 

@@ -1,7 +1,8 @@
 """Property tests: the reward never raises on any text and stays inside `RewardSpec.bounds`.
 
-Profiles: ~200 examples per test by default; ``HYPOTHESIS_PROFILE=slow`` runs 5,000. They are
-applied per test (not loaded globally) so other test files keep their own settings.
+Profiles: ~200 examples per test by default; ``HYPOTHESIS_PROFILE=slow`` runs 5,000
+(``HYPOTHESIS_MAX_EXAMPLES=N`` runs N). They are applied per test (not loaded globally) so other
+test files keep their own settings.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from reczero.scale import RatingScale
 settings.register_profile(
     "reczero-rewards-default", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.register_profile(
-    "reczero-rewards-slow", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+settings.register_profile(  # HYPOTHESIS_MAX_EXAMPLES sets its size (the README's reliability table: 10,000)
+    "reczero-rewards-slow",
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", 5000)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 FUZZ = settings.get_profile(
     "reczero-rewards-slow" if os.environ.get("HYPOTHESIS_PROFILE") == "slow" else "reczero-rewards-default"
