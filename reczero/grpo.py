@@ -10,7 +10,11 @@ Algorithm variant and defaults (the paper's run, see method.md):
   is 1 and the loss value is ~0, yet the gradient is -A * dlogp / n_tokens (no extra forward);
 * no KL (beta = 0, no reference forward); with beta > 0 the per-token k3 estimator is added;
 * token-mean loss over the whole batch (DAPO/bnpo); "sequence_mean" (original GRPO) and "dr_grpo"
-  (sum / (N * max_completion_length)) are the alternatives.
+  (sum / (N * max_completion_length)) are the alternatives. A batch split into micro-batches or
+  across ranks divides every part by the whole batch's denominator (`loss_denominator`), so the
+  parts add up to the loss of the whole;
+* with beta 0 and one pass, rows of advantage 0 add exactly 0 to the gradient: `signal_rows` names
+  the others, the only ones that need a forward and backward.
 
 Only torch is imported; the LightningModule feeds these functions and never inlines the math.
 Shapes: N = B*G completions, T = completion length (right-padded), V = vocabulary.
@@ -149,36 +153,71 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return kept.sum(dim) / mask.sum(dim).clamp(min=1)
 
 
+def loss_denominator(
+    completion_mask: torch.Tensor, loss_type: str = "token_mean", max_completion_length: int | None = None
+) -> torch.Tensor:
+    """What `reduce_loss` divides by, for the batch `completion_mask` [N, T] covers (a float 0-dim tensor).
+
+    "token_mean": the counted tokens; "sequence_mean": the completions with a counted token;
+    "dr_grpo": N * `max_completion_length` (the padded width T when None). A loss split into
+    micro-batches or across ranks is exact when every part divides by the denominator of the whole
+    (summed over the parts), not by its own: `reduce_loss(..., denominator=...)`.
+    """
+    mask = completion_mask.bool()
+    if loss_type == "token_mean":
+        return mask.sum().float()
+    if loss_type == "sequence_mean":
+        return mask.any(dim=1).sum().float()
+    if loss_type == "dr_grpo":
+        length = mask.shape[1] if max_completion_length is None else max_completion_length
+        if length < 1:
+            raise ValueError(f"max_completion_length must be >= 1, got {length}")
+        return torch.tensor(float(mask.shape[0] * length), device=mask.device)
+    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
 def reduce_loss(
     per_token: torch.Tensor,
     completion_mask: torch.Tensor,
     loss_type: str = "token_mean",
     max_completion_length: int | None = None,
+    denominator: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Reduce a per-token loss [N, T] to a scalar over the tokens where `completion_mask` [N, T] is True.
 
     "token_mean": sum over all counted tokens / their number (DAPO; the paper's choice).
-    "sequence_mean": mean over each completion's tokens, then mean over the completions that have
-        at least one counted token (original GRPO; favours short completions).
+    "sequence_mean": mean over each completion's tokens, summed over the completions, / the number
+        of completions that have at least one counted token (original GRPO; favours short completions).
     "dr_grpo": sum / (N * max_completion_length), a constant denominator (Dr. GRPO); when
         `max_completion_length` is None the padded width T is used.
+    `denominator` replaces this batch's own (`loss_denominator`, at least 1) when the batch is one
+    part of a larger one: the parts' losses then add up to the loss of the whole.
     """
     if per_token.shape != completion_mask.shape:
         raise ValueError(f"per_token {tuple(per_token.shape)} and mask {tuple(completion_mask.shape)} differ")
     mask = completion_mask.bool()
-    if loss_type == "token_mean":
-        return masked_mean(per_token, mask)
+    if denominator is None:
+        denominator = loss_denominator(mask, loss_type, max_completion_length).clamp(min=1)
+    elif loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     if loss_type == "sequence_mean":
-        per_sequence = masked_mean(per_token, mask, dim=1)  # [N]
-        has_tokens = mask.any(dim=1)  # [N]
-        return per_sequence.sum() / has_tokens.sum().clamp(min=1)
-    if loss_type == "dr_grpo":
-        length = per_token.shape[1] if max_completion_length is None else max_completion_length
-        if length < 1:
-            raise ValueError(f"max_completion_length must be >= 1, got {length}")
-        kept = torch.where(mask, per_token, torch.zeros_like(per_token))  # [N, T]
-        return kept.sum() / (per_token.shape[0] * length)
-    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        return masked_mean(per_token, mask, dim=1).sum() / denominator  # [N] -> scalar
+    kept = torch.where(mask, per_token, torch.zeros_like(per_token))  # [N, T]
+    return kept.sum() / denominator
+
+
+def signal_rows(advantages: torch.Tensor, group_size: int, whole_groups: bool = False) -> torch.Tensor:
+    """Indices [M] of the rows whose gradient can be non-zero with beta 0 and one pass.
+
+    There the ratio is 1 and a row's loss is ``-A * ratio``: a row of advantage exactly 0 adds exactly
+    0 to the gradient (but its tokens still count in the denominator). A NaN advantage is kept, so a
+    poisoned step still shows as non-finite. With `whole_groups` (the shared-prefix forward runs
+    whole groups) a group is kept whole when any of its rows is. advantages [N = B*G], prompt-major.
+    """
+    keep = advantages != 0  # [N]
+    if whole_groups:
+        keep = _grouped(keep, group_size).any(dim=1).repeat_interleave(group_size)  # [B] -> [N]
+    return keep.nonzero().squeeze(-1)  # [M]
 
 
 @dataclass
@@ -222,6 +261,7 @@ def grpo_loss(
     cfg: GRPOLossConfig | None = None,
     truncated: torch.Tensor | None = None,
     max_completion_length: int | None = None,
+    denominator: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss and its logging stats.
 
@@ -231,6 +271,7 @@ def grpo_loss(
     old_logp [N, T]: rollout-time log-probs; None means one pass per rollout, i.e. ``logp.detach()``.
     ref_logp [N, T]: reference log-probs, required when cfg.beta > 0 (also logged as "kl" if given).
     truncated [N] bool: completions that ended without EOS; removed when cfg.mask_truncated.
+    denominator: the loss denominator of the whole batch these rows are part of (`reduce_loss`).
 
     Returns (loss, stats) where stats holds detached 0-dim tensors: "loss", "policy_loss",
     "clip_frac_low", "clip_frac_high", "clip_frac", "ratio_mean", "token_count" and "kl" (when
@@ -256,14 +297,14 @@ def grpo_loss(
 
     advantages = advantages.to(logp.dtype)
     per_token, _ = clipped_surrogate(logp, old_logp, advantages, cfg.eps_low, cfg.eps_high, cfg.log_ratio_clamp)
-    policy_loss = reduce_loss(per_token, mask, cfg.loss_type, max_completion_length)
+    policy_loss = reduce_loss(per_token, mask, cfg.loss_type, max_completion_length, denominator)
     loss = policy_loss
     stats: dict[str, torch.Tensor] = {}
     if cfg.beta > 0:
         if ref_logp is None:
             raise ValueError("beta > 0 needs ref_logp (the reference model's log-probs)")
         kl = k3_kl(logp, ref_logp, cfg.kl_clamp, cfg.log_ratio_clamp)  # [N, T]
-        loss = policy_loss + cfg.beta * reduce_loss(kl, mask, cfg.loss_type, max_completion_length)
+        loss = policy_loss + cfg.beta * reduce_loss(kl, mask, cfg.loss_type, max_completion_length, denominator)
         stats["kl"] = masked_mean(kl.detach(), mask)
     elif ref_logp is not None:
         stats["kl"] = masked_mean(k3_kl(logp.detach(), ref_logp, cfg.kl_clamp, cfg.log_ratio_clamp), mask)

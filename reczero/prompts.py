@@ -3,7 +3,8 @@
 The prompt shows what was known before the target interaction: the user's recent ratings and
 reviews, their average, the target item's metadata, other users' recent ratings of it and its
 average. It asks for four tagged steps - analyse the user, analyse the item, match them, rate -
-with the rating alone in the last block. The SFT target format comes from here too
+with the rating alone in the last block, or for the tags of another reward template (`tags`: the
+ablations' `<think>`/`<answer>` and `<answer>` alone, `rewards.TEMPLATES`). The SFT target format comes from here too
 (`format_completion`), so prompts, targets and the reward's format check never drift apart.
 
 Token budget: `fit_prompt` shortens review text first, then drops the oldest history records,
@@ -29,6 +30,11 @@ _STEP_HINTS = (
     "what the target item offers, with its likely strengths and weaknesses",
     "whether the item fits this user's tastes, and why",
 )
+# the hint of every reasoning tag a reward template (`rewards.TEMPLATES`) may ask for
+_TAG_HINTS = {
+    **dict(zip(STEP_TAGS, _STEP_HINTS)),
+    "think": "what this user likes and dislikes, what the target item offers, and whether the two fit",
+}
 
 
 @dataclass
@@ -97,10 +103,29 @@ def _average(avg: float | None, count: int) -> str:
     return f"{avg:.2f} over {count} rating{'s' if count != 1 else ''}"
 
 
-def answer_format(scale: RatingScale) -> str:
-    """The four tagged steps the model must write, as shown in the prompt."""
-    rows = [f"<{tag}>{hint}</{tag}>" for tag, hint in zip(STEP_TAGS, _STEP_HINTS)]
-    rows.append(f"<rate>{_rate_hint(scale)}</rate>")
+def answer_format(scale: RatingScale, tags: tuple[str, ...] = STEP_TAGS) -> str:
+    """The tagged steps the model must write, as shown in the prompt: `tags` are the reward template's
+    (`rewards.Template.tags`, the rating tag last), each with its hint."""
+    rows = [f"<{tag}>{_TAG_HINTS[tag]}</{tag}>" for tag in tags[:-1]]
+    rows.append(f"<{tags[-1]}>{_rate_hint(scale)}</{tags[-1]}>")
+    return "\n".join(rows)
+
+
+def _instruction(tags: tuple[str, ...]) -> str:
+    if len(tags) == 1:
+        return "Answer with the tagged rating alone, then stop:"
+    count = {2: "two", 3: "three", 4: "four"}.get(len(tags), str(len(tags)))
+    return f"Think before you rate. Answer in exactly {count} tagged steps, in this order, then stop:"
+
+
+def in_template(answer: str, tags: tuple[str, ...]) -> str:
+    """A four-step answer (`format_completion`) rewritten in another template's `tags`: the reasoning
+    blocks joined into its reasoning tag (if it has one), the rating in its rating tag."""
+    if tags == STEP_TAGS:
+        return answer
+    blocks = [answer[answer.find(f"<{t}>") + len(t) + 2 : answer.find(f"</{t}>")] for t in STEP_TAGS]
+    reasoning = " ".join(b.strip() for b in blocks[:-1])
+    rows = [f"<{tag}>{reasoning}</{tag}>" for tag in tags[:-1]] + [f"<{tags[-1]}>{blocks[-1]}</{tags[-1]}>"]
     return "\n".join(rows)
 
 
@@ -246,19 +271,21 @@ def example_answer(
     return rationale(example_input(key, scale, typical, genres, unlike), typical)[0]
 
 
-def copy_sources(scale: RatingScale, example: str | None = None) -> tuple[str, ...]:
+def copy_sources(scale: RatingScale, example: str | None = None, tags: tuple[str, ...] = STEP_TAGS) -> tuple[str, ...]:
     """The texts an answer's reasoning must not copy: the skeleton's hints and the example's reasoning blocks."""
-    sources = [*_STEP_HINTS, _rate_hint(scale)]
+    sources = [*(_TAG_HINTS[tag] for tag in tags[:-1]), _rate_hint(scale)]
     if example:
-        for tag in STEP_TAGS[:-1]:
+        for tag in tags[:-1]:
             start, end = example.find(f"<{tag}>"), example.find(f"</{tag}>")
             if 0 <= start < end:
                 sources.append(example[start + len(tag) + 2 : end])
     return tuple(sources)
 
 
-def user_message(inp: PromptInput, review_chars: int = 200, example: str | None = None) -> str:
-    """The user turn: history, target item, then the instruction with the answer skeleton
+def user_message(
+    inp: PromptInput, review_chars: int = 200, example: str | None = None, tags: tuple[str, ...] = STEP_TAGS
+) -> str:
+    """The user turn: history, target item, then the instruction with the answer skeleton of `tags`
     (and, with `example`, that worked answer about another user and item)."""
     scale = inp.scale
     parts = [
@@ -276,19 +303,23 @@ def user_message(inp: PromptInput, review_chars: int = 200, example: str | None 
         ratings = ", ".join(format_rating(line.rating, scale) for line in inp.item_history) or "none"
         parts.append(f"Recent ratings of it by other users, oldest first: {ratings}")
     parts.append(f"The item's average rating: {_average(inp.item_avg, inp.item_count)}.")
-    parts.append("\nThink before you rate. Answer in exactly four tagged steps, in this order, then stop:")
-    parts.append(answer_format(scale))
+    parts.append("\n" + _instruction(tags))
+    parts.append(answer_format(scale, tags))
     if example:
         parts.append("\nExample of a complete answer, about a different user and item:\n" + example)
     return "\n".join(parts)
 
 
 def build_messages(
-    inp: PromptInput, review_chars: int = 200, system_prompt: str | None = SYSTEM_PROMPT, example: str | None = None
+    inp: PromptInput,
+    review_chars: int = 200,
+    system_prompt: str | None = SYSTEM_PROMPT,
+    example: str | None = None,
+    tags: tuple[str, ...] = STEP_TAGS,
 ) -> list[dict]:
     """Chat messages for `tokenizer.apply_chat_template` (system first when given)."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": user_message(inp, review_chars, example)})
+    messages.append({"role": "user", "content": user_message(inp, review_chars, example, tags)})
     return messages
 
 

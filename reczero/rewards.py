@@ -48,6 +48,11 @@ class Template:
         return self.tags[-1]
 
     @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Where sampling stops (training rollouts and evaluation alike): the rating tag's close."""
+        return (f"</{self.rating_tag}>",)
+
+    @property
     def n_tag_strings(self) -> int:
         """Open plus close tags (8 for the four-step template)."""
         return 2 * len(self.tags)

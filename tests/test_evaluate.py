@@ -295,12 +295,14 @@ def test_checkpoint_weights_load_and_give_the_same_logits(tmp_path, tiny_model_d
 
     cfg = PolicyConfig(model=str(tiny_model_dir), lora_r=4, lora_alpha=8)
     trained = perturb_lora(build_policy(cfg), scale=0.2).eval()
-    # hyper-parameters as Lightning stores them (a dataclass): forces the trusted-pickle path
+    # hyper-parameters as plain Lightning stores them (a dataclass): loads only with trust_pickle
     _checkpoint(trained, tmp_path / "last.ckpt", {"hyper_parameters": {"policy": cfg}})
     fresh = build_policy(cfg).eval()
     ids = torch.tensor([[5, 40, 99, 7, 300]])
     assert not torch.allclose(fresh(input_ids=ids).logits, trained(input_ids=ids).logits)
-    n = load_checkpoint_weights(fresh, tmp_path / "last.ckpt")
+    with pytest.raises(ValueError, match="pickled Python objects.*--trust-pickle"):
+        load_checkpoint_weights(fresh, tmp_path / "last.ckpt")
+    n = load_checkpoint_weights(fresh, tmp_path / "last.ckpt", trust_pickle=True)
     assert n == sum(1 for name, _ in trained.named_parameters() if "lora_" in name)
     torch.testing.assert_close(fresh(input_ids=ids).logits, trained(input_ids=ids).logits)
 

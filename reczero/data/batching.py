@@ -72,7 +72,7 @@ class PromptDataset(Dataset):
             "target": self.data.interactions[self.table.target[pos]].rating,
             "fallback": fallback_rating(self.data.scale, self.table.user_avg[pos], self.table.item_avg[pos]),
             "history_len": len(self.table.user_history[pos]) + len(self.table.item_history[pos]),
-            "copy_sources": prompts.copy_sources(inp.scale, self.renderer.example_for(inp)),
+            "copy_sources": prompts.copy_sources(inp.scale, self.renderer.example_for(inp), self.renderer.tags),
             "facts": reasoning.prompt_facts(inp),
         }
 

@@ -8,9 +8,10 @@ reused as prefix + content + suffix, so a prompt costs one string join instead o
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from reczero import prompts
+from reczero import prompts, rewards
 from reczero.data.samples import SampleTable
 from reczero.data.schema import SCALES, InteractionData, Item
 
@@ -76,6 +77,9 @@ class PromptConfig:
             rewards and metrics score it together with the completion. Helps small models find the format.
         answer_example: add a one-shot worked answer (another user and item) after the skeleton; for
             small models that cannot follow the skeleton alone.
+        template: the reward template whose tags the skeleton (and the example) asks for
+            (`rewards.TEMPLATES`: "four_step", or the ablations "think_answer" and "answer_only"); it
+            must be `model.init_args.reward.template`, which scores the answers.
     """
 
     max_prompt_tokens: int | None = 1024
@@ -83,12 +87,29 @@ class PromptConfig:
     system_prompt: str | None = prompts.SYSTEM_PROMPT
     response_prefix: str = ""
     answer_example: bool = False
+    template: str = "four_step"
 
     def __post_init__(self) -> None:
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 32:
             raise ValueError(f"prompt.max_prompt_tokens={self.max_prompt_tokens} is too small to hold any prompt")
         if self.review_chars < 0:
             raise ValueError(f"prompt.review_chars must be >= 0, got {self.review_chars}")
+        tags = rewards.get_template(self.template).tags
+        allowed = {f"<{t}>" for t in tags} | {f"</{t}>" for t in tags}
+        foreign = [m for m in re.findall(r"</?[a-z][a-z ]*>", self.response_prefix) if m not in allowed]
+        if foreign:  # every answer would fail the format (the default `<analyze user>` under an ablation)
+            raise ValueError(
+                f"prompt.response_prefix={self.response_prefix!r} writes {foreign}, tags the template "
+                f"{self.template!r} does not have; set prompt.response_prefix to '' or to '<{tags[0]}>'"
+            )
+
+    def check_scored_by(self, reward) -> None:
+        """Refuse a reward spec that scores another template than the one the prompt asks for."""
+        if reward.template != self.template:
+            raise ValueError(
+                f"the prompt asks for the {self.template!r} template (data.prompt.template) but the reward "
+                f"scores {reward.template!r} (reward.template): set both to the same template"
+            )
 
 
 @dataclass
@@ -110,8 +131,10 @@ class PromptRenderer:
         answer_example: bool = False,
         typical_rating: float | None = None,
         example_genres: tuple[str, ...] = (),
+        template: str = "four_step",
     ):
         self.tokenizer = tokenizer
+        self.tags = rewards.get_template(template).tags  # the skeleton the prompt asks for
         self.response_prefix = response_prefix
         self.answer_example = answer_example
         self.typical_rating = typical_rating
@@ -151,14 +174,16 @@ class PromptRenderer:
             return None
         scale = inp.scale
         typical = self.typical_rating if self.typical_rating is not None else scale.low + 0.625 * scale.span
-        return prompts.example_answer(inp.key, scale, typical, self.example_genres, unlike=inp)
+        return prompts.in_template(
+            prompts.example_answer(inp.key, scale, typical, self.example_genres, inp), self.tags
+        )
 
     def render_text(self, inp: prompts.PromptInput, review_chars: int) -> str:
         example = self.example_for(inp)
-        content = prompts.user_message(inp, review_chars, example)
+        content = prompts.user_message(inp, review_chars, example, self.tags)
         if self._prefix is not None:  # a merged system prompt is already inside the prefix
             return self._prefix + content + self._suffix + self.response_prefix
-        messages = prompts.build_messages(inp, review_chars, self.system_prompt, example)
+        messages = prompts.build_messages(inp, review_chars, self.system_prompt, example, self.tags)
         text = self._chat(prompts.merge_system(messages) if self.system_merged else messages)
         return text + self.response_prefix
 

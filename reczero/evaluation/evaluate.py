@@ -3,7 +3,8 @@
 `reczero evaluate` scores a policy on the DataModule's validation or test samples:
   - the policy is the bare base model (zero-shot), a saved peft adapter folder (`--adapter`) or a
     Lightning checkpoint (`--ckpt`, LoRA weights under `policy.`-prefixed state_dict keys, loaded
-    into a policy built from the config's `model.init_args.policy`; `policy.loading`);
+    into a policy built from the config's `model.init_args.policy` the way its run built it;
+    `policy.loading`). Checkpoints load weights-only; `--trust_pickle` allows pickled objects;
   - ratings come from `rollout.decoding` (`--decode.mode` greedy, expected or self_consistency), scored
     by the model's reward spec as in training;
   - metrics from `metrics.rating_metrics`: an unparsable answer counts, scored with the fallback
@@ -125,6 +126,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     cfg, spec = cfg or DecodeConfig(), spec or RewardSpec()
+    dm.prompt.check_scored_by(spec)  # the prompts must ask for the template the answers are scored by
     dm.set_tokenizer(tokenizer)
     dm.setup()
     ds = dm.dataset(split)
@@ -272,7 +274,10 @@ class PolicyOptions:
 
     Args:
         adapter: a saved peft adapter folder on `model.init_args.policy.model`.
-        ckpt: a Lightning checkpoint (its LoRA weights, loaded into a policy built from `model.init_args.policy`).
+        ckpt: a Lightning checkpoint (its LoRA weights, loaded into a policy built from `model.init_args.policy`
+            the way its run built it: a `reference: sft` run's SFT adapter is merged under them).
+        trust_pickle: load a `ckpt` that holds pickled Python objects besides tensors (unpickling runs
+            code named in the file: trusted files only). Off: such a file is refused.
         device: auto | cpu | cuda | cuda:1 ...
         batch_size: prompts per batch (default data.eval_batch_size).
         decode: how ratings are decoded; `decode.max_new_tokens` defaults to `model.init_args.val_max_new_tokens`.
@@ -280,6 +285,7 @@ class PolicyOptions:
 
     adapter: str | None = None
     ckpt: str | None = None
+    trust_pickle: bool = False
     device: str = "auto"
     batch_size: int | None = None
     decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(max_new_tokens=None))
@@ -290,7 +296,9 @@ class PolicyOptions:
 
     def load(self, module: PolicyModule):
         """(model in eval mode, tokenizer, short name, the decoding with its length resolved)."""
-        model, tokenizer, name = load_model(module.policy_config, self.adapter, self.ckpt, self.device)
+        model, tokenizer, name = load_model(
+            module.policy_config, self.adapter, self.ckpt, self.device, self.trust_pickle
+        )
         length = self.decode.max_new_tokens or module.hparams.val_max_new_tokens
         return model, tokenizer, name, dataclasses.replace(self.decode, max_new_tokens=length)
 

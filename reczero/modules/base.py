@@ -24,6 +24,7 @@ from reczero.data.batching import scale_of
 from reczero.data.render import PromptConfig
 from reczero.modules.checkpointing import capture_rng, restore_rng
 from reczero.modules.console import StepProgressBar, ValidationTable
+from reczero.modules.distributed import gather_per_rank, own_entry
 from reczero.policy.adapters import save_adapter
 from reczero.policy.factory import PolicyConfig, build_policy, load_tokenizer
 from reczero.rollout.decoding import DecodeConfig, decode_batch
@@ -77,6 +78,7 @@ class PolicyModule(L.LightningModule):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.policy_config = policy
         self.prompt = as_config(prompt, PromptConfig)
+        self.prompt.check_scored_by(reward)  # the prompt asks for the tags the reward checks
         self.reward_spec = reward
         self.policy = None
         self.tokenizer = None
@@ -85,6 +87,7 @@ class PolicyModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the adapter only, not the frozen base weights
         # per validation sample: prediction (NaN: none), target, fallback, format_ok, reward, copied, grounded
         self._val_rows: list[tuple[float, float, float, bool, float, bool, bool]] = []
+        self._val_ids: list[int] = []  # the sample id of each row
 
     # -- building -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -152,17 +155,28 @@ class PolicyModule(L.LightningModule):
         for d, target, fallback in zip(decoded, batch["target"].tolist(), batch["fallback"].tolist()):
             pred = math.nan if d.prediction is None else d.prediction
             self._val_rows.append((pred, target, fallback, d.format_ok[0], d.rewards[0], d.copied[0], d.grounded[0]))
+        self._val_ids.extend(batch["sample_id"].tolist())
         self._last_val_text = decoded[0].completions[0] if decoded else ""
 
     def on_validation_epoch_start(self) -> None:
-        self._val_rows = []
+        self._val_rows, self._val_ids = [], []
         self._val_start = time.perf_counter()
 
-    def on_validation_epoch_end(self) -> None:
+    def _gathered_val_rows(self) -> torch.Tensor:
+        """This validation's rows from every rank [n, 7], each sample once: the distributed sampler pads the
+        ranks to equal length by repeating samples, and a repeat must not count twice."""
         rows = torch.tensor(self._val_rows, dtype=torch.float32, device=self.device).reshape(-1, 7)  # [n, 7]
+        ids = torch.tensor(self._val_ids, dtype=torch.long, device=self.device)  # [n]
+        self._val_rows, self._val_ids = [], []
         if self.trainer.world_size > 1:
-            rows = self.all_gather(rows).reshape(-1, 7)
-        self._val_rows = []
+            rows, ids = self.all_gather(rows).reshape(-1, 7), self.all_gather(ids).reshape(-1)  # [W * n, ...]
+        first = {}
+        for index, sample in enumerate(ids.tolist()):
+            first.setdefault(sample, index)
+        return rows[[first[sample] for sample in sorted(first)]]  # [unique, 7], in sample order
+
+    def on_validation_epoch_end(self) -> None:
+        rows = self._gathered_val_rows()
         if rows.shape[0] == 0:
             return
         preds = [None if math.isnan(p) else p for p in rows[:, 0].tolist()]
@@ -203,12 +217,16 @@ class PolicyModule(L.LightningModule):
         checkpoint["hyper_parameters"] = {
             k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in self.hparams.items()
         }
-        checkpoint["reczero_rng"] = capture_rng()
+        # every rank draws its own random numbers, and only rank 0 writes the file: one state per rank
+        checkpoint["reczero_rng"] = gather_per_rank(self._trainer, capture_rng())
         checkpoint["reczero_hyper_parameters"] = {"policy_model": self.policy_config.model}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "reczero_rng" in checkpoint:
-            restore_rng(checkpoint["reczero_rng"])
+        state = checkpoint.get("reczero_rng")
+        if isinstance(state, list):
+            state = own_entry(state, self._trainer, "random number generator states")
+        if state is not None:  # a dict: a checkpoint from before the per-rank states
+            restore_rng(state)
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         missing = trainable - set(checkpoint.get("state_dict", {}))
         if trainable and missing:

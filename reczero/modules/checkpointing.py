@@ -2,10 +2,12 @@
 
 `AtomicCheckpointIO` writes each checkpoint to a temporary file in the same folder, flushes it to
 disk and renames it over the target, so a crash or a full disk during a save leaves the previous
-checkpoint whole and loadable. Loading uses `weights_only=True`: a checkpoint holds tensors and
-plain containers, never pickled code. Use it with
-`--trainer.plugins=reczero.modules.checkpointing.AtomicCheckpointIO` (the configs in `configs/` do).
-Keep-last-N is Lightning's own: `ModelCheckpoint(monitor="step", mode="max", save_top_k=N)`.
+checkpoint whole and loadable; remote paths (`s3://`, `memory://`, ...) go through Lightning's fsspec
+writer. Loading uses `weights_only=True`: a checkpoint holds tensors and plain containers, never
+pickled code. Use it with `--trainer.plugins=reczero.modules.checkpointing.AtomicCheckpointIO` (the
+configs in `configs/` do). Keep-last-N is Lightning's own: `ModelCheckpoint(monitor="step", mode="max",
+save_top_k=N)`. `capture_rng` / `restore_rng` hold one process's RNG states; the modules keep one
+per rank (`distributed.gather_per_rank`).
 """
 
 from __future__ import annotations
@@ -16,16 +18,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """TorchCheckpointIO whose saves are all-or-nothing."""
+    """TorchCheckpointIO whose saves are all-or-nothing and whose loads never unpickle code.
+
+    Local paths get the temporary file, fsync and rename; remote ones (`s3://`, `gs://`, `memory://`,
+    any fsspec URL) go through Lightning's own fsspec writer, whose object stores publish a file whole.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
+        if not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(fsspec.core.url_to_fs(str(path))[1])  # a `file://` URL becomes its path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
@@ -41,7 +52,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path, map_location: Any | None = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
 
 
 def capture_rng() -> dict[str, Any]:

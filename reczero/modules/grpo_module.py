@@ -14,14 +14,25 @@ Algorithm (defaults = the paper's run; every choice is an argument):
   - token-mean loss ("token_mean"; "sequence_mean" and "dr_grpo" available).
 
 Optimisation is manual, because one rollout can feed several optimizer steps: the rollout's N = B * G
-rows are processed in micro-batches of `micro_batch_size` (gradient accumulation with exact loss
-normalisation across micro-batches), the gradient is clipped to `max_grad_norm`, then the optimizer
-and the warmup schedule step. A non-finite loss or gradient skips the step (optimizer untouched) and
-`max_bad_steps` of them in a row stop the run. Logits are computed for completion positions only.
+rows are processed in micro-batches of `micro_batch_size` (gradient accumulation), the gradient is
+clipped to `max_grad_norm`, then the optimizer and the warmup schedule step. Exact at any scale:
+  - every micro-batch on every rank divides by the loss denominator of the whole step (token count,
+    sequence count or N * max_new_tokens, summed over the ranks: `grpo.loss_denominator`);
+  - with beta 0 and one pass, rows of advantage 0 get no forward or backward (`grpo.signal_rows`;
+    whole groups under the shared-prefix forward), yet their tokens still count in the denominator;
+    a step with nothing to learn still steps the optimizer on zero gradients, as running it would;
+  - under DDP the micro-batches accumulate locally and one all-reduce averages the gradients at the
+    end (`distributed`), so a rank that skipped rows still takes part;
+  - the non-finite check runs on the synced gradient and summed flags, so every rank skips alike; a
+    non-finite step leaves the optimizer untouched and `max_bad_steps` in a row stop the run;
+  - under fp16 mixed precision the norm and the clip act on the unscaled gradient, and an overflow is
+    left to the loss scaler (it skips that update and lowers its scale).
+Logits are computed for completion positions only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,17 +45,36 @@ import torch
 from reczero import grpo, rewards
 from reczero.data.render import PromptConfig
 from reczero.modules.base import PolicyModule, as_config
+from reczero.modules.distributed import all_sum, local_accumulation, manual_gradient_sync, sync_gradients
 from reczero.modules.rollout_callback import RolloutCallback
-from reczero.policy.adapters import REFERENCES, merged_base, reference_mode, save_stacked_adapter, stacked_config
-from reczero.policy.factory import PolicyConfig, build_policy
+from reczero.policy.adapters import REFERENCES, reference_mode, save_stacked_adapter
+from reczero.policy.factory import PolicyConfig
 from reczero.policy.forward import completion_logprobs, shared_prefix_logprobs
+from reczero.policy.loading import training_policy
 from reczero.rollout.record import RolloutConfig, RolloutRecord
 
 log = logging.getLogger(__name__)
 
+# per-token stats of `grpo.grpo_loss`, averaged over the step's counted tokens
+TOKEN_STATS = ("clip_frac_low", "clip_frac_high", "clip_frac", "ratio_mean", "kl")
+
 
 class NonFiniteError(RuntimeError):
     """Raised after too many consecutive non-finite steps."""
+
+
+def _stopping_at(rollout: RolloutConfig, template: str) -> RolloutConfig:
+    """`rollout` whose sampling stops where the reward template's answer ends (`rewards.Template.stop_strings`):
+    the default `</rate>` follows the template; stop strings set by hand must include the template's."""
+    stops = rewards.get_template(template).stop_strings
+    given = tuple(rollout.stop_strings or ())
+    if set(stops) <= set(given):
+        return rollout
+    if given == tuple(RolloutConfig().stop_strings):
+        return dataclasses.replace(rollout, stop_strings=stops)
+    raise ValueError(
+        f"rollout.stop_strings={list(given)} lack {list(stops)}, where answers of reward template {template!r} end"
+    )
 
 
 class GRPOModule(PolicyModule):
@@ -117,12 +147,14 @@ class GRPOModule(PolicyModule):
             raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
         if reference == "sft" and not policy.adapter_path:
             raise ValueError('reference="sft" needs policy.adapter_path (the SFT adapter to merge)')
+        rollout = _stopping_at(rollout, reward.template)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.rollout_config = rollout
         self.loss_config = loss
         self.rollout: RolloutRecord | None = None
         self._bad_steps = 0
+        self._overflow_steps = 0
 
     def on_fit_start(self) -> None:
         if self.hparams.shared_prefix and self._logprobs_fn() is completion_logprobs:
@@ -140,9 +172,8 @@ class GRPOModule(PolicyModule):
         return [*super().configure_callbacks(), RolloutCallback(self.rollout_config, self.reward_spec)]
 
     def configure_model(self) -> None:
-        if self.policy is None and self.hparams.reference == "sft":
-            base = merged_base(self.policy_config)
-            self.policy = build_policy(stacked_config(self.policy_config), base_model=base)
+        if self.policy is None:
+            self.policy = training_policy(self.policy_config, self.hparams.reference)
         super().configure_model()
 
     def on_train_end(self) -> None:
@@ -159,17 +190,15 @@ class GRPOModule(PolicyModule):
         return max(1, int(self.trainer.estimated_stepping_batches) * self.hparams.num_passes)
 
     # -- the step -------------------------------------------------------------------------------
-    def _logprobs_fn(self):
-        shared = (
+    def _shared_prefix(self) -> bool:
+        return (
             self.hparams.shared_prefix
             and self.hparams.micro_batch_size % self.rollout_config.group_size == 0
             and not self.policy_config.gradient_checkpointing
         )
-        return shared_prefix_logprobs if shared else completion_logprobs
 
-    def _chunks(self, n: int) -> list[slice]:
-        size = self.hparams.micro_batch_size
-        return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+    def _logprobs_fn(self):
+        return shared_prefix_logprobs if self._shared_prefix() else completion_logprobs
 
     def _loss_mask(self, record: RolloutRecord) -> torch.Tensor:
         mask = record.completion_mask  # [N, C]
@@ -177,68 +206,99 @@ class GRPOModule(PolicyModule):
             mask = mask & ~record.truncated[:, None]
         return mask
 
-    def _chunk_weight(self, record: RolloutRecord, rows: slice, mask: torch.Tensor) -> float:
-        """Share of the whole-rollout loss a micro-batch carries, so accumulation equals one big batch."""
-        if self.loss_config.loss_type == "token_mean":
-            return float(mask[rows].sum()) / max(1.0, float(mask.sum()))
-        n = record.completion_mask.shape[0]
-        return (rows.stop - rows.start) / n
+    def _skips_zero_rows(self) -> bool:
+        """Rows of advantage 0 add exactly 0 with beta 0 and one pass; skipping them needs every rank's
+        gradient to be synced once at the end of the step (one process, or DDP: `distributed`)."""
+        exact = self.loss_config.beta == 0 and self.hparams.num_passes == 1
+        return exact and (self.trainer.world_size == 1 or manual_gradient_sync(self.trainer))
 
     def training_step(self, batch: dict, batch_idx: int):
         record = self.rollout
         if record is None:
             raise RuntimeError("no rollout for this batch: GRPOModule needs its RolloutCallback (configure_callbacks)")
         record = record.to(self.device)
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
-        temperature = self.rollout_config.temperature
-        loss_mask = self._loss_mask(record)
-        chunks = self._chunks(record.input_ids.shape[0])
-        width = record.completion_mask.shape[1]
         start = time.perf_counter()
-        logprobs = self._logprobs_fn()
+        cfg, world = self.loss_config, self.trainer.world_size
+        loss_mask = self._loss_mask(record)  # [N, C]
+        n = record.input_ids.shape[0]
+        rows = torch.arange(n, device=self.device)  # [N]
+        if self._skips_zero_rows():
+            rows = grpo.signal_rows(record.advantages, record.group_size, whole_groups=self._shared_prefix())  # [M]
+        # one denominator for the whole step (every micro-batch, every rank); DDP averages the ranks'
+        # gradients, so each rank divides by the global denominator / world size
+        local = float(grpo.loss_denominator(loss_mask, cfg.loss_type, self.rollout_config.max_new_tokens))
+        counts = [local, rows.numel(), n, float(loss_mask.sum())]
+        denominator, kept, total_rows, tokens = all_sum(self.trainer, counts, self.device)
+        denominator = max(denominator, 1.0) / world
+        size = self.hparams.micro_batch_size
+        chunks = [rows[i : i + size] for i in range(0, rows.numel(), size)]
+        temperature, logprobs = self.rollout_config.temperature, self._logprobs_fn()
 
         ref_logp = old_logp = None
-        if self.loss_config.beta > 0:
-            with torch.no_grad(), reference_mode(self.policy):
-                ref_logp = torch.cat([logprobs(self.policy, record, c, temperature) for c in chunks])
-        if self.hparams.num_passes > 1:
-            with torch.no_grad():
+        with torch.no_grad():
+            if cfg.beta > 0:
+                with reference_mode(self.policy):
+                    ref_logp = torch.cat([logprobs(self.policy, record, c, temperature) for c in chunks])
+            if self.hparams.num_passes > 1:
                 old_logp = torch.cat([logprobs(self.policy, record, c, temperature) for c in chunks])
 
-        stats_sum: dict[str, float] = {}
+        token_stats = [k for k in TOKEN_STATS if k != "kl" or cfg.beta > 0]
+        sums = dict.fromkeys(("loss", "policy_loss", "computed_tokens", *token_stats), 0.0)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
         for _ in range(self.hparams.num_passes):
-            total_loss = 0.0
-            for rows in chunks:
-                logp = logprobs(self.policy, record, rows, temperature)  # [n, C]
-                loss, stats = grpo.grpo_loss(
-                    logp,
-                    loss_mask[rows],
-                    record.advantages[rows],
-                    old_logp=None if old_logp is None else old_logp[rows],
-                    ref_logp=None if ref_logp is None else ref_logp[rows],
-                    cfg=self.loss_config,
-                    max_completion_length=width,
-                )
-                weight = self._chunk_weight(record, rows, loss_mask)
-                self.manual_backward(loss * weight)
-                total_loss += float(loss.detach()) * weight
-                for key, value in stats.items():
-                    stats_sum[key] = stats_sum.get(key, 0.0) + float(value) * weight
-            self._optimizer_step(opt, sched, total_loss, record)
+            total_loss, at = 0.0, 0
+            with local_accumulation(self.trainer):
+                for chunk in chunks:
+                    part = slice(at, at + chunk.numel())  # this chunk's rows of ref_logp / old_logp
+                    at = part.stop
+                    loss, stats = grpo.grpo_loss(
+                        logprobs(self.policy, record, chunk, temperature),  # [m, C]
+                        loss_mask[chunk],
+                        record.advantages[chunk],
+                        old_logp=None if old_logp is None else old_logp[part],
+                        ref_logp=None if ref_logp is None else ref_logp[part],
+                        cfg=cfg,
+                        denominator=denominator,
+                    )
+                    self.manual_backward(loss)
+                    total_loss += float(loss.detach())
+                    computed = float(stats["token_count"])
+                    sums["loss"] += float(stats["loss"])
+                    sums["policy_loss"] += float(stats["policy_loss"])
+                    sums["computed_tokens"] += computed
+                    for key in token_stats:
+                        sums[key] += float(stats[key]) * computed
+            sync_gradients(self.trainer, params)
+            self._optimizer_step(params, total_loss, record)
         train_seconds = time.perf_counter() - start
         self._write_rollout_log(record)
-        passes = self.hparams.num_passes
-        self._log_step({k: v / passes for k, v in stats_sum.items()}, record, train_seconds)
+        counts = {"train/token_count": tokens, "train/skipped_rows_frac": 1.0 - kept / max(total_rows, 1.0)}
+        self._log_step(sums, counts, record, train_seconds)
 
-    def _optimizer_step(self, opt, sched, loss_value: float, record: RolloutRecord) -> None:
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        grads = [p.grad for p in params if p.grad is not None]
-        grad_norm = (
-            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
+    def _optimizer_step(self, params: list[torch.nn.Parameter], loss_value: float, record: RolloutRecord) -> None:
+        """Clip and step on the true gradient, or skip a non-finite step; every rank decides alike.
+
+        Under fp16 mixed precision (`16-mixed`) the gradients are the loss scaler's scaled ones: the
+        norm and the clip threshold are divided and multiplied by the scale, so both act on the true
+        gradient, and an overflow (inf gradients, finite loss) is the scaler's ordinary business: the
+        optimizer step is called, the scaler skips it and lowers its scale. It is not a bad step.
+        """
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scale = float(scaler.get_scale()) if scaler is not None else 1.0
+        norms = [torch.linalg.vector_norm(p.grad.float()) for p in params]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack(norms))) / scale if norms else 0.0
+        bad_loss, bad_grad = all_sum(
+            self.trainer, [not math.isfinite(loss_value), not math.isfinite(grad_norm)], self.device
         )
-        finite = math.isfinite(loss_value) and (grad_norm is None or bool(torch.isfinite(grad_norm)))
-        if not finite:
+        if scaler is not None and bad_grad and not bad_loss:
+            opt.step()  # the scaler finds the inf, skips the update and lowers its scale
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            self._overflow_steps += 1
+            self.log("train/overflow_steps", float(self._overflow_steps))
+            return
+        if bad_loss or bad_grad:
             self._bad_steps += 1
             opt.zero_grad(set_to_none=True)
             ids = record.sample_ids.tolist()
@@ -252,12 +312,12 @@ class GRPOModule(PolicyModule):
             return
         self._bad_steps = 0
         if self.hparams.max_grad_norm > 0:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+            clip = self.hparams.max_grad_norm * scale
+            self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
-        if grad_norm is not None:
-            self.log("train/grad_norm", float(grad_norm))
+        self.log("train/grad_norm", grad_norm)
 
     def _write_rollout_log(self, record: RolloutRecord) -> None:
         if not self.hparams.rollout_log:
@@ -276,13 +336,30 @@ class GRPOModule(PolicyModule):
         with open(path, "a") as fh:
             fh.write(json.dumps(line) + "\n")
 
-    def _log_step(self, stats: dict[str, float], record: RolloutRecord, train_seconds: float) -> None:
-        r = record.rewards
+    def _log_step(
+        self, sums: dict[str, float], counts: dict[str, float], record: RolloutRecord, train_seconds: float
+    ) -> None:
+        """Log the step. Sums and counts add up over the ranks (the loss; `counts`, already global; the
+        token-weighted clip / ratio / KL stats; the sampled MAE), lengths take the min / max, the rest the mean."""
+        r, world, passes = record.rewards, self.trainer.world_size, self.hparams.num_passes
         lengths = record.completion_mask.sum(-1).float()  # [N]
-        valid = ~torch.isnan(record.predictions)
-        sampled_mae = (record.predictions[valid] - record.targets[valid]).abs().mean() if valid.any() else None
+        valid = ~torch.isnan(record.predictions)  # [N]
+        errors = (record.predictions[valid] - record.targets[valid]).abs()  # [n valid]
+        keys = list(sums)
+        totals = all_sum(self.trainer, [sums[k] for k in keys] + [float(errors.sum()), errors.numel()], self.device)
+        total, (error_sum, error_count) = dict(zip(keys, totals)), totals[len(keys) :]
+        exact = {
+            **counts,
+            "train/loss": total["loss"] / world / passes,  # each rank's loss is world x its share
+            "train/policy_loss": total["policy_loss"] / world / passes,
+        }
+        if total["computed_tokens"] > 0:
+            stats = [k for k in TOKEN_STATS if k in total]
+            exact.update({f"train/{k}": total[k] / total["computed_tokens"] for k in stats})
+        if error_count:
+            exact["train/sampled_mae"] = error_sum / error_count
         gen_tokens = float(lengths.sum())
-        values = {
+        means = {
             "train/reward": r.mean(),
             "train/reward_std": r.std() if r.numel() > 1 else torch.zeros(()),
             "train/format_rate": record.format_ok.float().mean(),
@@ -290,8 +367,6 @@ class GRPOModule(PolicyModule):
             "train/grounded_rate": record.grounded.float().mean(),
             "train/parse_rate": valid.float().mean(),
             "train/completion_len_mean": lengths.mean(),
-            "train/completion_len_min": lengths.min(),
-            "train/completion_len_max": lengths.max(),
             "train/truncated_frac": record.truncated.float().mean(),
             "train/zero_std_groups": grpo.zero_std_group_fraction(r, record.group_size),
             "train/generation_seconds": record.generation_seconds,
@@ -302,16 +377,15 @@ class GRPOModule(PolicyModule):
             "train/lr": self.optimizers().param_groups[0]["lr"],
         }
         for name, comp in record.components.items():
-            values[f"train/reward_{name}"] = comp.mean()
-            values[f"train/reward_{name}_std"] = comp.std() if comp.numel() > 1 else torch.zeros(())
-        if sampled_mae is not None:
-            values["train/sampled_mae"] = sampled_mae
-        for key, value in stats.items():
-            values[f"train/{key}"] = value
-        values = {k: float(v) for k, v in values.items()}
-        self.log_dict(values, prog_bar=False, sync_dist=self.trainer.world_size > 1)
-        self.log("reward", values["train/reward"], prog_bar=True, logger=False)
-        self.log("format", values["train/format_rate"], prog_bar=True, logger=False)
+            means[f"train/reward_{name}"] = comp.mean()
+            means[f"train/reward_{name}_std"] = comp.std() if comp.numel() > 1 else torch.zeros(())
+        sync = world > 1
+        self.log_dict({k: float(v) for k, v in means.items()}, sync_dist=sync)
+        self.log("train/completion_len_min", float(lengths.min()), sync_dist=sync, reduce_fx="min")
+        self.log("train/completion_len_max", float(lengths.max()), sync_dist=sync, reduce_fx="max")
+        self.log_dict(exact, sync_dist=False)  # already summed over the ranks
+        self.log("reward", float(means["train/reward"]), prog_bar=True, logger=False, sync_dist=sync)
+        self.log("format", float(means["train/format_rate"]), prog_bar=True, logger=False, sync_dist=sync)
         every = self.hparams.log_completions_every_n_steps
         if every and self.global_step % every == 0:
             self._log_text("train/sample_completion", record.texts[0])

@@ -1,21 +1,25 @@
-"""A model for evaluation, prediction and teaching: the zero-shot base, base + saved adapter, or a checkpoint.
+"""A model for training, evaluation, prediction and teaching: the policy GRPO trains, the zero-shot base,
+base + saved adapter, or a checkpoint.
 
-`load_model(policy_cfg, adapter=..., ckpt=...)` returns the model in eval mode on `resolve_device`,
-its tokenizer and a short name for reports. A Lightning checkpoint's LoRA weights (`policy.`-prefixed
-state_dict keys) go into a policy built from `policy_cfg` (`load_checkpoint_weights`); a rank or
-target mismatch is an error, never a half-load.
+`training_policy(cfg, reference)` builds the policy the way `GRPOModule` trains it (with the SFT
+adapter merged under a fresh LoRA for `reference: sft`). `load_model(policy_cfg, adapter=..., ckpt=...)`
+returns the model in eval mode on `resolve_device`, its tokenizer and a short name for reports. A
+Lightning checkpoint's LoRA weights (`policy.`-prefixed state_dict keys) go into a policy built like
+the run that wrote them (`load_checkpoint_weights`); a rank or target mismatch is an error, never a
+half-load. Checkpoints load with `weights_only=True`; pickled objects only with `trust_pickle`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 from pathlib import Path
 
 import torch
 
-from reczero.policy.adapters import load_adapter
-from reczero.policy.factory import build_policy, is_quantised, load_base_model, load_tokenizer
+from reczero.policy.adapters import load_adapter, merged_base, stacked_config
+from reczero.policy.factory import PolicyConfig, build_policy, is_quantised, load_base_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +30,35 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _torch_load(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict:
+    """A checkpoint file, loaded with `weights_only=True` (tensors and plain containers, no code).
+
+    A file that also holds pickled Python objects is refused unless `trust_pickle`: unpickling runs
+    code named in the file, so only files you trust may be loaded that way.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning stores hyper-parameters (config dataclasses) next to the weights: plain pickle.
-        log.warning("%s holds Python objects besides tensors; loading it with pickle (trusted files only)", path)
+    except pickle.UnpicklingError as err:
+        if not trust_pickle:
+            raise ValueError(
+                f"{path} holds pickled Python objects besides tensors, which a weights-only load refuses "
+                f"({str(err).splitlines()[0]}); pass --trust-pickle to unpickle it, for files you trust only"
+            ) from None
+        log.warning("%s holds Python objects besides tensors; unpickling it (--trust-pickle)", path)
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def load_checkpoint_weights(policy: torch.nn.Module, path: str | Path) -> int:
+def load_checkpoint_weights(policy: torch.nn.Module, path: str | Path, trust_pickle: bool = False) -> int:
     """Load the LoRA weights of a Lightning checkpoint into `policy` (a PeftModel); returns the tensor count.
 
     The checkpoint's `state_dict` keys are the LightningModule's (`policy.base_model.model...lora_A...`).
     Every LoRA parameter of `policy` must be in it and every checkpoint tensor must fit: a different
     rank or different target modules is an error, never a silent half-load.
     """
-    ckpt = _torch_load(path)
+    return _load_weights(policy, read_checkpoint(path, trust_pickle), path)
+
+
+def _load_weights(policy: torch.nn.Module, ckpt: dict, path: str | Path) -> int:
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path} has no `state_dict`: not a Lightning checkpoint")
@@ -64,14 +80,47 @@ def load_checkpoint_weights(policy: torch.nn.Module, path: str | Path) -> int:
     return len(weights)
 
 
-def load_model(policy_cfg, adapter: str | None = None, ckpt: str | None = None, device: str = "auto"):
-    """(model in eval mode, tokenizer, short name): zero-shot base, base + saved adapter, or a checkpoint."""
+def training_policy(cfg: PolicyConfig, reference: str = "base"):
+    """The policy as GRPO training builds it (`GRPOModule.reference`): with "sft", the saved adapter
+    `cfg.adapter_path` merged into the base weights and a fresh LoRA on top; else `build_policy(cfg)`."""
+    if reference == "sft":
+        return build_policy(stacked_config(cfg), base_model=merged_base(cfg))
+    return build_policy(cfg)
+
+
+def _checkpoint_policy(policy_cfg: PolicyConfig, ckpt: dict, path: str | Path):
+    """The policy a checkpoint's LoRA weights belong to, built like the run that wrote it: a `reference: sft`
+    run trained its LoRA on top of the SFT adapter merged into the base, so that adapter is merged first."""
+    hparams = (ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None) or {}
+    reference = hparams.get("reference", "base")
+    if reference != "sft":
+        return training_policy(policy_cfg)
+    saved = hparams.get("policy") or {}
+    saved_adapter = saved.get("adapter_path") if isinstance(saved, dict) else getattr(saved, "adapter_path", None)
+    adapter = policy_cfg.adapter_path or saved_adapter
+    if not adapter:
+        raise ValueError(
+            f"{path} was trained with reference: sft (a LoRA on top of the SFT adapter), and no SFT adapter is "
+            "known: pass --policy.adapter_path=<the run's policy.adapter_path> or the run's --config"
+        )
+    log.info("%s: reference sft run, merging the SFT adapter %s under its LoRA", path, adapter)
+    return training_policy(dataclasses.replace(policy_cfg, adapter_path=adapter), "sft")
+
+
+def load_model(
+    policy_cfg, adapter: str | None = None, ckpt: str | None = None, device: str = "auto", trust_pickle: bool = False
+):
+    """(model in eval mode, tokenizer, short name): zero-shot base, base + saved adapter, or a checkpoint.
+
+    A checkpoint's LoRA goes into a policy built the way its run built it (`_checkpoint_policy`).
+    """
     if adapter and ckpt:
         raise ValueError("give --adapter or --ckpt, not both")
     tokenizer = load_tokenizer(policy_cfg)
     if ckpt:
-        model = build_policy(policy_cfg)
-        n = load_checkpoint_weights(model, ckpt)
+        state = read_checkpoint(ckpt, trust_pickle)
+        model = _checkpoint_policy(policy_cfg, state, ckpt)
+        n = _load_weights(model, state, ckpt)
         log.info("loaded %d LoRA tensors from %s", n, ckpt)
         name = f"ckpt:{Path(ckpt).parent.name}/{Path(ckpt).stem}"
     else:

@@ -75,14 +75,14 @@ class DecodeConfig:
     def num_samples(self) -> int:
         return self.samples if self.mode == "self_consistency" else 1
 
-    def sampling(self, rating_tag: str) -> SamplingConfig:
-        """Sampling settings that stop at the rating block's closing tag."""
+    def sampling(self, template: rewards.Template) -> SamplingConfig:
+        """Sampling settings that stop where the template's answer ends (`rewards.Template.stop_strings`)."""
         temperature = self.temperature if self.mode == "self_consistency" else 0.0
         return SamplingConfig(
             temperature=temperature,
             top_p=self.top_p if temperature > 0 else 1.0,
             max_new_tokens=self.max_new_tokens,
-            stop_strings=(f"</{rating_tag}>",),
+            stop_strings=template.stop_strings,
         )
 
 
@@ -259,11 +259,11 @@ def decode_batch(
     g, scale, watch = cfg.num_samples, scale_of(batch), None
     device = next(model.parameters()).device
     input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # [B, P]
-    rating_tag = rewards.get_template(spec.template).rating_tag
-    sampling = cfg.sampling(rating_tag)
+    template = rewards.get_template(spec.template)
+    sampling = cfg.sampling(template)
     if cfg.mode == "expected":
         candidates = candidates or rating_candidates(tokenizer, scale)
-        watch = Watch(f"<{rating_tag}>", candidates.token_ids)
+        watch = Watch(f"<{template.rating_tag}>", candidates.token_ids)
     with merged_lora(model):
         gen = generate(model, tokenizer, input_ids, attention_mask, g, sampling, generator, watch=watch)
     texts = [response_prefix + t for t in gen.texts]  # [B*G], prompt-major

@@ -1,0 +1,105 @@
+"""What the GRPO step and the checkpoints need from the other ranks; on one process every helper is a no-op.
+
+- `all_sum`: a few numbers summed over the ranks (the loss denominators, the rows kept, the
+  non-finite flags), so every rank takes the same decision from the same numbers.
+- `manual_gradient_sync` / `local_accumulation` / `sync_gradients`: under DDP the micro-batches'
+  backward passes leave their gradients local and one all-reduce averages them at the end of the
+  step. A rank that skipped some or all of its rows then still takes part, with zeros: DDP's own
+  per-backward all-reduce would need every rank to run the same number of backward passes.
+  Other multi-process strategies (FSDP, DeepSpeed) sync inside every backward; the step then runs
+  every row on every rank, so the counts match.
+- `gather_per_rank` / `own_entry`: one entry per rank in a checkpoint (only rank 0 writes it), and
+  each rank's own entry back on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _world(trainer) -> int:
+    return getattr(trainer, "world_size", 1) if trainer is not None else 1
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def all_sum(trainer, values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """`values` summed over the ranks (as given on one process); NaN and inf propagate."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)  # [k]
+    if _world(trainer) > 1:
+        tensor = trainer.strategy.reduce(tensor, reduce_op="sum")
+    return tensor.tolist()
+
+
+def manual_gradient_sync(trainer) -> bool:
+    """True under DDP (several processes): the step accumulates locally and averages once (`sync_gradients`)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return _world(trainer) > 1 and isinstance(getattr(trainer.strategy, "model", None), DistributedDataParallel)
+
+
+@contextlib.contextmanager
+def local_accumulation(trainer) -> Iterator[None]:
+    """Backward passes inside leave their gradients on this rank (DDP's `no_sync`); elsewhere a no-op."""
+    if manual_gradient_sync(trainer):
+        with trainer.strategy.block_backward_sync():
+            yield
+    else:
+        yield
+
+
+def sync_gradients(trainer, params: list[torch.nn.Parameter]) -> None:
+    """Give every parameter a gradient (0 where none was computed: a rank or a step with every row
+    skipped, exactly what running those rows would have added), then, under DDP, average them over
+    the ranks in one all-reduce per dtype."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if not manual_gradient_sync(trainer):
+        return
+    by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
+    for p in params:
+        by_dtype.setdefault(p.grad.dtype, []).append(p)
+    for group in by_dtype.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in group])  # [sum of numel]
+        torch.distributed.all_reduce(flat)
+        flat /= trainer.world_size
+        offset = 0
+        for p in group:
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+
+
+def gather_per_rank(trainer, obj: Any) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] on one process. Call it on every rank."""
+    if _world(trainer) <= 1 or not _distributed():
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def own_entry(entries: list[Any], trainer, what: str) -> Any:
+    """This rank's entry of a `gather_per_rank` list read back from a checkpoint.
+
+    A checkpoint of another world size cannot resume exactly: each rank then takes the entry of
+    its own index when there is one (None otherwise), with a warning.
+    """
+    world, rank = _world(trainer), getattr(trainer, "global_rank", 0) if trainer is not None else 0
+    if len(entries) != world:
+        log.warning(
+            "the checkpoint holds the %s of %d rank(s) and this run has %d: the resume is not exact",
+            what,
+            len(entries),
+            world,
+        )
+    return entries[rank] if rank < len(entries) else None
