@@ -7,7 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from tiny import perturb_lora
+from tiny import perturb_lora, prompt_batch, scripted_generation
 
 from reczero import grpo, rewards
 from reczero.data.batching import scale_of
@@ -19,18 +19,7 @@ from reczero.modules.grpo_module import GRPOModule
 from reczero.modules.rollout_callback import RolloutCallback
 from reczero.policy.factory import PolicyConfig
 from reczero.policy.forward import completion_logprobs, shared_prefix_logprobs
-from reczero.rollout.engine import Generation
 from reczero.rollout.record import RolloutConfig, record_from_generation
-
-
-def _scripted_generation(tokenizer, texts: list[str], finished: list[bool]) -> Generation:
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
-    width = max(len(i) for i in ids)
-    tokens = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    for row, seq in enumerate(ids):
-        tokens[row, : len(seq)] = torch.tensor(seq)
-    lengths = torch.tensor([len(i) for i in ids])
-    return Generation(tokens, lengths, torch.tensor(finished), texts)
 
 
 GOOD = "<analyze user>likes drama</analyze user><analyze item>a drama</analyze item><match>fits</match><rate>{}</rate>"
@@ -38,17 +27,8 @@ SCRIPT = [GOOD.format(4), GOOD.format(2), "no tags at all", GOOD.format(5)]  # o
 
 
 def _prompt_batch(tokenizer, n_prompts: int = 2) -> dict[str, torch.Tensor]:
-    enc = tokenizer(
-        ["a short prompt", "a somewhat longer prompt about films"][:n_prompts], padding=True, return_tensors="pt"
-    )
-    return {
-        "input_ids": enc["input_ids"],
-        "attention_mask": enc["attention_mask"],
-        "target": torch.tensor([4.0, 3.0][:n_prompts]),
-        "fallback": torch.tensor([3.5, 3.5][:n_prompts]),
-        "sample_id": torch.arange(n_prompts),
-        "history_len": torch.tensor([5, 5][:n_prompts]),
-    }
+    texts = ["a short prompt", "a somewhat longer prompt about films"][:n_prompts]
+    return prompt_batch(tokenizer, texts, [4.0, 3.0][:n_prompts])
 
 
 def test_scripted_rewards_advantages_and_loss(tiny_tokenizer):
@@ -57,7 +37,7 @@ def test_scripted_rewards_advantages_and_loss(tiny_tokenizer):
     cfg = RolloutConfig(group_size=4)
     batch = _prompt_batch(tiny_tokenizer, 1)
     record = record_from_generation(
-        batch, _scripted_generation(tiny_tokenizer, SCRIPT, [True] * 4), cfg, rewards.RewardSpec(), SCALES["1-5"]
+        batch, scripted_generation(tiny_tokenizer, SCRIPT, [True] * 4), cfg, rewards.RewardSpec(), SCALES["1-5"]
     )
     # target 4: rewards 2.0, 1.0, -1.0, 1.5 (format +1 plus 1 - |err| / 2; failed format -1)
     assert record.rewards.tolist() == pytest.approx([2.0, 1.0, -1.0, 1.5])
@@ -78,7 +58,7 @@ def test_shared_prefix_matches_unshared_forward_and_gradients(tiny_tokenizer, ti
     cfg = RolloutConfig(group_size=4)
     batch = _prompt_batch(tiny_tokenizer, 2 if left_pad else 1)
     texts = SCRIPT * batch["input_ids"].shape[0]
-    gen = _scripted_generation(tiny_tokenizer, texts, [True] * len(texts))
+    gen = scripted_generation(tiny_tokenizer, texts, [True] * len(texts))
     record = record_from_generation(batch, gen, cfg, rewards.RewardSpec(), SCALES["1-5"])
     rows = slice(0, len(texts))
     results = []
@@ -103,7 +83,7 @@ class _ScriptedRollout(RolloutCallback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         n = batch["input_ids"].shape[0] * self.cfg.group_size
         texts = self.script * (n // len(self.script))
-        gen = _scripted_generation(pl_module.tokenizer, texts, [True] * len(texts))
+        gen = scripted_generation(pl_module.tokenizer, texts, [True] * len(texts))
         pl_module.rollout = record_from_generation(batch, gen, self.cfg, self.spec, scale_of(batch))
 
 

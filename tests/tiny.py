@@ -17,6 +17,9 @@ Everything here is deterministic and takes milliseconds (the tokenizer) to ~0.1 
   them the way it loads a hub model (used for the 4-bit and path-loading tests).
 - `perturb_lora(model)`: LoRA B starts at zero, so a fresh adapter changes nothing; this fills the
   adapter with small random values so adapter-on and adapter-off outputs differ.
+- `prompt_batch(tokenizer, prompts, targets)` / `scripted_generation(tokenizer, texts, finished)`: a
+  prompt batch as the DataModule serves it and a `Generation` of given texts, so the real rollout
+  record path (`rollout.record.record_from_generation`) scores chosen completions.
 
 The pytest fixtures over these live in `tests/conftest.py`.
 """
@@ -169,3 +172,30 @@ def perturb_lora(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> t
             noise = torch.randn(param.shape, generator=gen) * scale
             param.copy_(noise.to(param.device, param.dtype))
     return model
+
+
+def prompt_batch(tokenizer: PreTrainedTokenizerFast, prompts: list[str], targets: list[float]) -> dict:
+    """A left-padded prompt batch with the DataModule's keys (sample ids 0..B-1)."""
+    enc = tokenizer(prompts, padding=True, return_tensors="pt")
+    n = len(prompts)
+    return {
+        "input_ids": enc["input_ids"],  # [B, P]
+        "attention_mask": enc["attention_mask"],  # [B, P]
+        "target": torch.tensor(targets, dtype=torch.float32),  # [B]
+        "fallback": torch.full((n,), 3.5),  # [B]
+        "sample_id": torch.arange(n),  # [B]
+        "history_len": torch.full((n,), 5),  # [B]
+    }
+
+
+def scripted_generation(tokenizer: PreTrainedTokenizerFast, texts: list[str], finished: list[bool]):
+    """A `Generation` holding `texts` (each + EOS) as if sampled; `finished` False marks a truncated one."""
+    from reczero.rollout.engine import Generation
+
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    width = max(len(i) for i in ids)
+    tokens = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)  # [N, C]
+    for row, seq in enumerate(ids):
+        tokens[row, : len(seq)] = torch.tensor(seq)
+    lengths = torch.tensor([len(i) for i in ids])  # [N]
+    return Generation(tokens, lengths, torch.tensor(finished), texts)
