@@ -1,11 +1,17 @@
-"""Exact resume: SIGKILL a real training run mid-way, resume it from its last checkpoint, and check
-that it trained on exactly the samples an uninterrupted run trains on, in the same order, and ends
-with the same adapter weights. Also: a crash during a save leaves the previous checkpoint loadable."""
+"""Exact resume: SIGKILL a real training run mid-way, on one process or on two (DDP on gloo), resume it
+from its last checkpoint, and check that every rank trained on exactly the samples an uninterrupted run
+trains on, in the same order, sampled the same completions, and ends with the same adapter weights.
+Also: a crash during a save leaves the previous checkpoint loadable, and checkpoints never unpickle code.
+
+`RECZERO_RESUME_TRIES=N` repeats the kill N times per process count (after alternating checkpoints,
+at a random point of the following step): the README's reliability table.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -19,14 +25,18 @@ from safetensors.torch import load_file
 from reczero.modules.checkpointing import AtomicCheckpointIO
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_STEPS = 10
+MAX_STEPS = 6
+EVERY = 2  # checkpoint interval
+TRIES = int(os.environ.get("RECZERO_RESUME_TRIES", "1"))
 
 
-def _command(model_dir: Path, out: Path, cache: Path, extra: list[str] = ()) -> list[str]:
+def _command(model_dir: Path, out: Path, cache: Path, devices: int, extra: list[str] = ()) -> list[str]:
+    ddp = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu"] if devices > 1 else []
     return [
         sys.executable, "-m", "reczero", "fit", "--config=configs/grpo.yaml",
         f"--model.init_args.policy.model={model_dir}",
         "--model.init_args.rollout.max_new_tokens=24",
+        "--model.init_args.rollout.group_size=4",
         "--model.init_args.learning_rate=0.01",
         "--model.init_args.weight_decay=0.1",  # moves LoRA A every step even where advantages are 0
         "--model.init_args.reward.format_shaping=0.9",
@@ -40,9 +50,10 @@ def _command(model_dir: Path, out: Path, cache: Path, extra: list[str] = ()) -> 
         "--data.prompt.response_prefix=<analyze user>a</analyze user><analyze item>b</analyze item><match>c</match>",
         f"--trainer.default_root_dir={out}", "--trainer.logger=false",
         f"--trainer.callbacks.init_args.dirpath={out / 'ckpt'}",
-        "--trainer.callbacks.init_args.every_n_train_steps=3",
+        f"--trainer.callbacks.init_args.every_n_train_steps={EVERY}",
         f"--trainer.max_steps={MAX_STEPS}", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
-        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_progress_bar=false", f"--trainer.devices={devices}",
+        *ddp,
         *extra,
     ]  # fmt: skip
 
@@ -61,48 +72,71 @@ def _steps(log: Path) -> dict[int, tuple[list[int], str]]:
     return steps
 
 
-def test_sigkill_and_resume_is_exact(tmp_path, tiny_model_dir):
-    cache = tmp_path / "cache"
-    full, broken = tmp_path / "full", tmp_path / "broken"
-    subprocess.run(_command(tiny_model_dir, full, cache), cwd=REPO, env=_env(), check=True, capture_output=True)
+def _logs(out: Path, devices: int) -> list[Path]:
+    return [out / "rollouts.jsonl"] + [out / f"rollouts.jsonl.rank{r}" for r in range(1, devices)]
 
+
+def _kill_after(model_dir: Path, out: Path, cache: Path, devices: int, checkpoint: int, delay: float) -> None:
+    """Start a run and SIGKILL all its processes `delay` seconds after `checkpoint` is written."""
     proc = subprocess.Popen(
-        _command(tiny_model_dir, broken, cache),
+        _command(model_dir, out, cache, devices),
         cwd=REPO,
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # DDP's rank 1 is a child of rank 0: kill the whole group
     )
-    target = broken / "ckpt" / "step0003.ckpt"
+    target = out / "ckpt" / f"step{checkpoint:04d}.ckpt"
     deadline = time.time() + 300
     while not target.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    assert target.exists(), proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no checkpoint in time"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (broken / "adapter").exists(), "the run finished before the kill: nothing was tested"
-    killed_at = max(_steps(broken / "rollouts.jsonl"))
-    assert killed_at < MAX_STEPS
+    try:
+        assert target.exists(), proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no checkpoint"
+        time.sleep(delay)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "adapter").exists(), "the run finished before the kill: nothing was tested"
 
-    resumed = subprocess.run(
-        _command(tiny_model_dir, broken, cache, ["--ckpt_path=last"]), cwd=REPO, env=_env(), capture_output=True
-    )
-    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
 
-    expected, got = _steps(full / "rollouts.jsonl"), _steps(broken / "rollouts.jsonl")
-    assert sorted(expected) == list(range(1, MAX_STEPS + 1))
-    assert got == expected, (
-        "the resumed run must see the same samples in the same order, and sample the same completions"
-    )
+@pytest.mark.parametrize("devices", [1, 2])
+def test_sigkill_and_resume_is_exact(tmp_path, tiny_model_dir, devices):
+    cache = tmp_path / "cache"
+    full = tmp_path / "full"
+    done = subprocess.run(_command(tiny_model_dir, full, cache, devices), cwd=REPO, env=_env(), capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    expected = [_steps(log) for log in _logs(full, devices)]
+    assert all(sorted(e) == list(range(1, MAX_STEPS + 1)) for e in expected), "every rank logs every step"
+    if devices > 1:
+        for step in expected[0]:  # the ranks train on different prompts, each group sampled on its own rank
+            assert not set(expected[0][step][0]) & set(expected[1][step][0])
     a = load_file(full / "adapter" / "adapter_model.safetensors")
-    b = load_file(broken / "adapter" / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    early = torch.load(target, weights_only=True)["state_dict"]  # the adapter at step 3
+    early = torch.load(full / "ckpt" / f"step{EVERY:04d}.ckpt", weights_only=True)["state_dict"]
     early = {k.removeprefix("policy.").replace(".default.", "."): v for k, v in early.items()}
     assert early.keys() == a.keys()
-    assert any(not torch.equal(early[k], a[k]) for k in a), "training must have moved the adapter after step 3"
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert any(not torch.equal(early[k], a[k]) for k in a), "training must have moved the adapter after the kill"
+
+    rng = random.Random(devices)
+    for attempt in range(TRIES):
+        broken = tmp_path / f"broken{attempt}"
+        checkpoint = EVERY * (1 + attempt % (MAX_STEPS // EVERY - 1))
+        _kill_after(tiny_model_dir, broken, cache, devices, checkpoint, rng.uniform(0.0, 1.5) if attempt else 0.0)
+        resumed = subprocess.run(
+            _command(tiny_model_dir, broken, cache, devices, ["--ckpt_path=last"]),
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+        )
+        assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+        got = [_steps(log) for log in _logs(broken, devices)]
+        assert got == expected, (
+            f"try {attempt}: every rank of the resumed run must see the same samples in the same order, and "
+            "sample the same completions"
+        )
+        b = load_file(broken / "adapter" / "adapter_model.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=f"try {attempt}: {key}")
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

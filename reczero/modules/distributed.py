@@ -80,12 +80,39 @@ def sync_gradients(trainer, params: list[torch.nn.Parameter]) -> None:
 
 
 def gather_per_rank(trainer, obj: Any) -> list[Any]:
-    """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] on one process. Call it on every rank."""
+    """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] on one process. Call it on every rank.
+
+    `obj` holds tensors, numbers, strings and lists / tuples / dicts of them; tensors travel as lists
+    (pickling a tensor inside `all_gather_object` fails in torch 2.13) and come back as tensors.
+    """
     if _world(trainer) <= 1 or not _distributed():
         return [obj]
     out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
+    torch.distributed.all_gather_object(out, _plain(obj))
+    return [_tensors(entry) for entry in out]
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return {_TENSOR: obj.cpu().tolist(), "dtype": str(obj.dtype).removeprefix("torch.")}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _tensors(obj: Any) -> Any:
+    if isinstance(obj, dict) and _TENSOR in obj:
+        return torch.tensor(obj[_TENSOR], dtype=getattr(torch, obj["dtype"]))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_tensors(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _tensors(v) for k, v in obj.items()}
+    return obj
+
+
+_TENSOR = "__tensor__"
 
 
 def own_entry(entries: list[Any], trainer, what: str) -> Any:
