@@ -96,6 +96,9 @@ class GRPOModule(PolicyModule):
         shared_prefix: run each group's prompt once per forward/backward instead of G times (exact; used
             when micro_batch_size is a multiple of the group size and gradient checkpointing is off).
         num_passes: optimisation passes over each rollout (1 = paper; >1 reuses it PPO-style).
+        skip_zero_advantage: with beta 0 and one pass, run no forward or backward for rows of advantage 0
+            (their gradient is exactly 0; their tokens still count in the loss denominator). False runs
+            them anyway, for checking that the two give the same update.
         max_bad_steps: consecutive non-finite steps tolerated before the run stops.
         val_max_new_tokens: greedy decoding length for validation.
         log_completions_every_n_steps: write a sample completion to TensorBoard this often (0: never).
@@ -126,6 +129,7 @@ class GRPOModule(PolicyModule):
         micro_batch_size: int = 8,
         shared_prefix: bool = True,
         num_passes: int = 1,
+        skip_zero_advantage: bool = True,
         max_bad_steps: int = 3,
         val_max_new_tokens: int = 256,
         log_completions_every_n_steps: int = 10,
@@ -209,7 +213,7 @@ class GRPOModule(PolicyModule):
     def _skips_zero_rows(self) -> bool:
         """Rows of advantage 0 add exactly 0 with beta 0 and one pass; skipping them needs every rank's
         gradient to be synced once at the end of the step (one process, or DDP: `distributed`)."""
-        exact = self.loss_config.beta == 0 and self.hparams.num_passes == 1
+        exact = self.hparams.skip_zero_advantage and self.loss_config.beta == 0 and self.hparams.num_passes == 1
         return exact and (self.trainer.world_size == 1 or manual_gradient_sync(self.trainer))
 
     def training_step(self, batch: dict, batch_idx: int):
