@@ -136,7 +136,7 @@ def test_skipping_zero_advantage_rows_gives_the_unskipped_update(tmp_path, tiny_
     size = GROUP if shared else 3  # a multiple of G runs the shared-prefix forward (whole groups)
     skipped = _run(tmp_path / "skip", tiny_model_dir, records, cache, loss=loss, micro_batch_size=size)
     full = _run(
-        tmp_path / "full", tiny_model_dir, records, loss=loss, micro_batch_size=size, skip_zero_advantage=False
+        tmp_path / "full", tiny_model_dir, records, cache, loss=loss, micro_batch_size=size, skip_zero_advantage=False
     )
     rows = 4 if shared else 6
     assert skipped[0]["logged"]["train/skipped_rows_frac"] == pytest.approx(rows / 12)
