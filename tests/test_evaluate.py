@@ -461,3 +461,61 @@ def test_rate_context_cuts_on_the_models_own_token_boundary(tiny_tokenizer):
     ctx, _ = decoding._rate_context(enc(text), text, "<analyze user>", tiny_tokenizer, "<rate>")
     assert tiny_tokenizer.decode(ctx) == "x</analyze user><rate>3</rate><rate>"
     assert decoding._rate_context(enc("no tag"), "no tag", "", tiny_tokenizer, "<rate>") == (None, False)
+
+
+def test_ckpt_of_a_reference_sft_run_evaluates_like_its_saved_adapter(tmp_path, tiny_model_dir):
+    """A `reference: sft` run trains a LoRA on top of the SFT adapter merged into the base: `--ckpt` must
+    build that policy (not the SFT adapter with the GRPO weights poured over it) and so give the same
+    answers as the stacked adapter the run saved."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from reczero.evaluation.evaluate import main
+    from reczero.modules.checkpointing import AtomicCheckpointIO
+    from reczero.modules.grpo_module import GRPOModule
+    from reczero.policy.adapters import save_adapter
+    from reczero.policy.factory import PolicyConfig, build_policy
+    from reczero.policy.loading import load_model
+    from reczero.rollout.record import RolloutConfig
+
+    sft = save_adapter(perturb_lora(build_policy(PolicyConfig(model=str(tiny_model_dir), lora_r=4))), tmp_path / "sft")
+    policy = {"model": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8, "adapter_path": str(sft)}
+    module = GRPOModule(
+        policy=PolicyConfig(**policy),
+        reference="sft",
+        rollout=RolloutConfig(group_size=4, max_new_tokens=8),
+        reward=rewards.RewardSpec(format_shaping=0.9),
+        learning_rate=5e-2,
+        adapter_dir=str(tmp_path / "run" / "adapter"),
+    )
+    data = RatingDataModule(
+        source=SourceConfig(**DATA_SECTION["source"]),
+        samples=SampleConfig(**DATA_SECTION["samples"]),
+        max_prompt_tokens=1536,
+        response_prefix="<analyze user>",
+        batch_size=1,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=2, logger=False, num_sanity_val_steps=0, limit_val_batches=0,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        plugins=[AtomicCheckpointIO()], callbacks=[ModelCheckpoint(dirpath=tmp_path / "run", save_last=True)],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    cfg = PolicyConfig(**policy)
+    ids = torch.tensor([[5, 40, 99, 7, 300, 12]])
+    from_ckpt, _, _ = load_model(cfg, ckpt=str(tmp_path / "run" / "last.ckpt"))
+    from_adapter, _, _ = load_model(cfg, adapter=str(tmp_path / "run" / "adapter"))
+    with torch.no_grad():
+        torch.testing.assert_close(from_ckpt(input_ids=ids).logits, from_adapter(input_ids=ids).logits)
+
+    config = {"model": {"class_path": "reczero.modules.GRPOModule", "init_args": {"policy": policy}}}
+    config["data"] = {**DATA_SECTION, "cache_dir": str(tmp_path / "cache"), "response_prefix": "<analyze user>"}
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
+    outputs = []
+    for source in (["--ckpt", str(tmp_path / "run" / "last.ckpt")], ["--adapter", str(tmp_path / "run" / "adapter")]):
+        out = tmp_path / f"{source[0][2:]}.jsonl"
+        args = ["--config", str(tmp_path / "fit.yaml"), *source, "--split", "validation", "--max-new-tokens", "12"]
+        main([*args, "--output", str(out), "--no-progress"])
+        outputs.append([(r["prediction"], r["completion"]) for r in map(json.loads, out.read_text().splitlines())])
+    assert outputs[0] == outputs[1]

@@ -167,3 +167,54 @@ def test_checkpoints_load_without_unpickling_code(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.ckpt")
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
         io.load_checkpoint(tmp_path / "evil.ckpt")
+
+
+def test_remote_checkpoint_paths_save_load_and_resume(tmp_path, tiny_model_dir):
+    """fsspec URLs (here `memory://`) work as they do with Lightning's own checkpoint IO: a run saves its
+    checkpoints there and another resumes from one; a local `file://` URL saves atomically too."""
+    import fsspec
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from reczero.data.datamodule import RatingDataModule
+    from reczero.data.samples import SampleConfig
+    from reczero.data.sources import SourceConfig
+    from reczero.modules.grpo_module import GRPOModule
+    from reczero.policy.factory import PolicyConfig
+    from reczero.rollout.record import RolloutConfig
+
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"w": torch.ones(2)}, f"file://{tmp_path}/local/a.ckpt")
+    assert torch.equal(io.load_checkpoint(tmp_path / "local" / "a.ckpt")["w"], torch.ones(2))
+
+    def run(max_steps: int, ckpt_path: str | None = None) -> L.Trainer:
+        module = GRPOModule(
+            policy=PolicyConfig(model=str(tiny_model_dir), lora_r=4),
+            rollout=RolloutConfig(group_size=2, max_new_tokens=4),
+            micro_batch_size=2,
+        )
+        data = RatingDataModule(
+            source=SourceConfig(format="synthetic", synthetic_users=20, synthetic_items=20),
+            samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 2}),
+            max_prompt_tokens=1536,
+            batch_size=1,
+            cache_dir=str(tmp_path / "cache"),
+        )
+        trainer = L.Trainer(
+            accelerator="cpu", max_steps=max_steps, logger=False, num_sanity_val_steps=0, limit_val_batches=0,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+            plugins=[AtomicCheckpointIO()],
+            callbacks=[ModelCheckpoint(dirpath="memory://reczero-test/ckpt", save_last=True, every_n_train_steps=1)],
+        )  # fmt: skip
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return trainer
+
+    run(2)
+    memory = fsspec.filesystem("memory")
+    assert memory.exists("/reczero-test/ckpt/last.ckpt")
+    assert not (Path.cwd() / "memory:").exists(), "a remote URL must not become a local folder"
+    saved = AtomicCheckpointIO().load_checkpoint("memory://reczero-test/ckpt/last.ckpt")
+    assert saved["global_step"] == 2
+    resumed = run(3, ckpt_path="memory://reczero-test/ckpt/last.ckpt")
+    assert resumed.global_step == 3
+    memory.rm("/reczero-test", recursive=True)
