@@ -15,6 +15,8 @@ Everything here is deterministic and takes milliseconds (the tokenizer) to ~0.1 
   vocabulary matches the tokenizer; embeddings tied to the LM head like SmolLM2.
 - `save_tiny_checkpoint(dir)`: writes both to a folder, so `PolicyConfig(model=str(dir))` can load
   them the way it loads a hub model (used for the 4-bit and path-loading tests).
+- `save_tiny_qwen2(dir)`: the same with a random 2-layer Qwen2 (the Qwen2.5 recipes' architecture:
+  q/k/v biases, untied head, a 32k context), for rehearsing the GPU configs on the CPU.
 - `perturb_lora(model)`: LoRA B starts at zero, so a fresh adapter changes nothing; this fills the
   adapter with small random values so adapter-on and adapter-off outputs differ.
 - `prompt_batch(tokenizer, prompts, targets)` / `scripted_generation(tokenizer, texts, finished)`: a
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 BOS, EOS, PAD, IM_START = "<s>", "<|im_end|>", "<pad>", "<|im_start|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, IM_START]
@@ -159,6 +161,30 @@ def save_tiny_checkpoint(path: str | Path, seed: int = 0, system_role: bool = Tr
     path = Path(path)
     tokenizer = make_tiny_tokenizer(system_role=system_role)
     make_tiny_llama(tokenizer, seed=seed, **overrides).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def save_tiny_qwen2(path: str | Path, seed: int = 0) -> Path:
+    """Write the tiny tokenizer + a seeded random 2-layer Qwen2 (hidden 64) to `path`."""
+    path = Path(path)
+    tokenizer = make_tiny_tokenizer()
+    config = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=32768,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        Qwen2ForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
