@@ -1,7 +1,7 @@
 """What the GRPO step and the checkpoints need from the other ranks; on one process every helper is a no-op.
 
-- `all_sum`: a few numbers summed over the ranks (the loss denominators, the rows kept, the
-  non-finite flags), so every rank takes the same decision from the same numbers.
+- `all_sum`: a few numbers summed (or maximised) over the ranks in one all-reduce: the loss
+  denominators, the rows kept, the non-finite flags (every rank then decides alike), the step's logs.
 - `manual_gradient_sync` / `local_accumulation` / `sync_gradients`: under DDP the micro-batches'
   backward passes leave their gradients local and one all-reduce averages them at the end of the
   step. A rank that skipped some or all of its rows then still takes part, with zeros: DDP's own
@@ -32,11 +32,12 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def all_sum(trainer, values: list[float], device: torch.device | str = "cpu") -> list[float]:
-    """`values` summed over the ranks (as given on one process); NaN and inf propagate."""
+def all_sum(trainer, values: list[float], device: torch.device | str = "cpu", op: str = "sum") -> list[float]:
+    """`values` summed (`op="max"`: maximised) over the ranks in one all-reduce; as given on one process.
+    NaN and inf propagate."""
     tensor = torch.tensor(values, dtype=torch.float64, device=device)  # [k]
     if _world(trainer) > 1:
-        tensor = trainer.strategy.reduce(tensor, reduce_op="sum")
+        tensor = trainer.strategy.reduce(tensor, reduce_op=op)
     return tensor.tolist()
 
 

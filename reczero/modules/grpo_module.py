@@ -343,26 +343,13 @@ class GRPOModule(PolicyModule):
     def _log_step(
         self, sums: dict[str, float], counts: dict[str, float], record: RolloutRecord, train_seconds: float
     ) -> None:
-        """Log the step. Sums and counts add up over the ranks (the loss; `counts`, already global; the
-        token-weighted clip / ratio / KL stats; the sampled MAE), lengths take the min / max, the rest the mean."""
+        """Log the step, reduced over the ranks in two all-reduces: sums add up (the loss, the
+        token-weighted clip / ratio / KL stats, the sampled MAE's parts; `counts` are already global),
+        completion lengths take the min / max, the rest are per-rank values averaged."""
         r, world, passes = record.rewards, self.trainer.world_size, self.hparams.num_passes
         lengths = record.completion_mask.sum(-1).float()  # [N]
         valid = ~torch.isnan(record.predictions)  # [N]
         errors = (record.predictions[valid] - record.targets[valid]).abs()  # [n valid]
-        keys = list(sums)
-        totals = all_sum(self.trainer, [sums[k] for k in keys] + [float(errors.sum()), errors.numel()], self.device)
-        total, (error_sum, error_count) = dict(zip(keys, totals)), totals[len(keys) :]
-        exact = {
-            **counts,
-            "train/loss": total["loss"] / world / passes,  # each rank's loss is world x its share
-            "train/policy_loss": total["policy_loss"] / world / passes,
-        }
-        if total["computed_tokens"] > 0:
-            stats = [k for k in TOKEN_STATS if k in total]
-            exact.update({f"train/{k}": total[k] / total["computed_tokens"] for k in stats})
-        if error_count:
-            exact["train/sampled_mae"] = error_sum / error_count
-        gen_tokens = float(lengths.sum())
         means = {
             "train/reward": r.mean(),
             "train/reward_std": r.std() if r.numel() > 1 else torch.zeros(()),
@@ -376,20 +363,35 @@ class GRPOModule(PolicyModule):
             "train/generation_seconds": record.generation_seconds,
             "train/optimization_seconds": train_seconds,
             "train/step_seconds": record.generation_seconds + train_seconds,
-            "train/generated_tokens_per_s": gen_tokens / max(record.generation_seconds, 1e-9),
+            "train/generated_tokens_per_s": float(lengths.sum()) / max(record.generation_seconds, 1e-9),
             "train/trained_tokens_per_s": float(record.attention_mask.sum()) / max(train_seconds, 1e-9),
             "train/lr": self.optimizers().param_groups[0]["lr"],
         }
         for name, comp in record.components.items():
             means[f"train/reward_{name}"] = comp.mean()
             means[f"train/reward_{name}_std"] = comp.std() if comp.numel() > 1 else torch.zeros(())
-        sync = world > 1
-        self.log_dict({k: float(v) for k, v in means.items()}, sync_dist=sync)
-        self.log("train/completion_len_min", float(lengths.min()), sync_dist=sync, reduce_fx="min")
-        self.log("train/completion_len_max", float(lengths.max()), sync_dist=sync, reduce_fx="max")
-        self.log_dict(exact, sync_dist=False)  # already summed over the ranks
-        self.log("reward", float(means["train/reward"]), prog_bar=True, logger=False, sync_dist=sync)
-        self.log("format", float(means["train/format_rate"]), prog_bar=True, logger=False, sync_dist=sync)
+        local = {
+            **sums,
+            **{k: float(v) for k, v in means.items()},
+            "errors": float(errors.sum()),
+            "valid": valid.sum(),
+        }
+        total = dict(zip(local, all_sum(self.trainer, [float(v) for v in local.values()], self.device)))
+        longest, minus_shortest = all_sum(
+            self.trainer, [float(lengths.max()), -float(lengths.min())], self.device, "max"
+        )
+        values = {k: total[k] / world for k in means}
+        values.update(counts)
+        values["train/loss"] = total["loss"] / world / passes  # each rank's loss is world x its share
+        values["train/policy_loss"] = total["policy_loss"] / world / passes
+        values["train/completion_len_min"], values["train/completion_len_max"] = -minus_shortest, longest
+        if total["computed_tokens"] > 0:
+            values.update({f"train/{k}": total[k] / total["computed_tokens"] for k in TOKEN_STATS if k in total})
+        if total["valid"]:
+            values["train/sampled_mae"] = total["errors"] / total["valid"]
+        self.log_dict(values, sync_dist=False)  # already reduced over the ranks
+        self.log("reward", values["train/reward"], prog_bar=True, logger=False)
+        self.log("format", values["train/format_rate"], prog_bar=True, logger=False)
         every = self.hparams.log_completions_every_n_steps
         if every and self.global_step % every == 0:
             self._log_text("train/sample_completion", record.texts[0])
