@@ -4,8 +4,9 @@ The prompt shows what was known before the target interaction: the user's recent
 reviews, their average, the target item's metadata, other users' recent ratings of it and its
 average. It asks for four tagged steps - analyse the user, analyse the item, match them, rate -
 with the rating alone in the last block, or for the tags of another reward template (`tags`: the
-ablations' `<think>`/`<answer>` and `<answer>` alone, `rewards.TEMPLATES`). The SFT target format comes from here too
-(`format_completion`), so prompts, targets and the reward's format check never drift apart.
+ablations' `<think>`/`<answer>` and `<answer>` alone, `rewards.TEMPLATES`). The SFT target format
+comes from here too (`format_completion`), so prompts, targets and the reward's format check never
+drift apart.
 
 Token budget: `fit_prompt` shortens review text first, then drops the oldest history records,
 until the rendered chat fits `max_prompt_tokens`; it reports whether it had to shorten.
