@@ -76,8 +76,9 @@ def _logs(out: Path, devices: int) -> list[Path]:
     return [out / "rollouts.jsonl"] + [out / f"rollouts.jsonl.rank{r}" for r in range(1, devices)]
 
 
-def _kill_after(model_dir: Path, out: Path, cache: Path, devices: int, checkpoint: int, delay: float) -> None:
-    """Start a run and SIGKILL all its processes `delay` seconds after `checkpoint` is written."""
+def _kill_after(model_dir: Path, out: Path, cache: Path, devices: int, checkpoint: int, delay: float) -> bool:
+    """Start a run and SIGKILL all its processes `delay` seconds after `checkpoint` is written; False
+    when the run had already finished by then (nothing was interrupted)."""
     proc = subprocess.Popen(
         _command(model_dir, out, cache, devices),
         cwd=REPO,
@@ -96,7 +97,7 @@ def _kill_after(model_dir: Path, out: Path, cache: Path, devices: int, checkpoin
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not (out / "adapter").exists(), "the run finished before the kill: nothing was tested"
+    return not (out / "adapter").exists()
 
 
 @pytest.mark.parametrize("devices", [1, 2])
@@ -118,9 +119,14 @@ def test_sigkill_and_resume_is_exact(tmp_path, tiny_model_dir, devices):
 
     rng = random.Random(devices)
     for attempt in range(TRIES):
-        broken = tmp_path / f"broken{attempt}"
         checkpoint = EVERY * (1 + attempt % (MAX_STEPS // EVERY - 1))
-        _kill_after(tiny_model_dir, broken, cache, devices, checkpoint, rng.uniform(0.0, 1.5) if attempt else 0.0)
+        delay = rng.uniform(0.0, 1.5) if attempt else 0.0
+        while True:  # a delay past the run's end interrupts nothing: try again with half of it
+            broken = tmp_path / f"broken{attempt}-{delay:.4f}"
+            if _kill_after(tiny_model_dir, broken, cache, devices, checkpoint, delay):
+                break
+            assert delay > 0.01, "the run finished before the kill: nothing was tested"
+            delay /= 2
         resumed = subprocess.run(
             _command(tiny_model_dir, broken, cache, devices, ["--ckpt_path=last"]),
             cwd=REPO,
