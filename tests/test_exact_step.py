@@ -50,12 +50,16 @@ MIDDLE = [GOOD.format("a", 4), GOOD.format("b", 5), GOOD.format("c", 2), GOOD.fo
 
 
 class _Replay(RolloutCallback):
-    def __init__(self, records: list[RolloutRecord]):
+    """Step k trains on `records[k]`, with the loss settings `losses[k]` when given."""
+
+    def __init__(self, records: list[RolloutRecord], losses: list[grpo.GRPOLossConfig] | None):
         super().__init__(RolloutConfig(group_size=GROUP), rewards.RewardSpec())
-        self.records = records
+        self.records, self.losses = records, losses
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         pl_module.rollout = copy.deepcopy(self.records[batch_idx])
+        if self.losses:
+            pl_module.loss_config = self.losses[batch_idx]
 
 
 class _Capture(L.Callback):
@@ -81,10 +85,10 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("samples")
 
 
-def _run(tmp_path, model_dir, records, cache, plugins=(), **kwargs) -> list[dict]:
+def _run(tmp_path, model_dir, records, cache, plugins=(), losses=None, **kwargs) -> list[dict]:
     class Replayed(GRPOModule):
         def configure_callbacks(self):
-            return [_Replay(records)]
+            return [_Replay(records, losses)]
 
     kwargs = {"learning_rate": 1e-2, "weight_decay": 0.1, "micro_batch_size": GROUP, **kwargs}
     kwargs.setdefault("rollout", RolloutConfig(group_size=GROUP))
@@ -120,31 +124,42 @@ def _same(a: dict, b: dict, exact: bool) -> None:
             if exact:
                 assert torch.equal(value, other), (key, field)
             else:
-                # the moments hold the gradient itself: a wrong scale or a missing row shows here
-                torch.testing.assert_close(value, other, rtol=1e-4, atol=1e-10, msg=f"{key} {field}")
+                # the moments hold the gradient itself: a wrong scale or a missing row shows here, far above
+                # the float noise of a different summation order (~1e-6 of the largest entry)
+                atol = 1e-5 * float(other.abs().max()) if other.numel() > 1 else 0.0
+                torch.testing.assert_close(value, other, rtol=1e-4, atol=atol, msg=f"{key} {field}")
     assert a["scheduler"] == b["scheduler"] and a["global_step"] == b["global_step"]
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-prefix", "unshared"])
-@pytest.mark.parametrize("loss_type", grpo.LOSS_TYPES)
-def test_skipping_zero_advantage_rows_gives_the_unskipped_update(tmp_path, tiny_model_dir, cache, loss_type, shared):
-    # step 1: a group with spread, a flat group and a group with two rows exactly at the mean;
-    # step 2: nothing to learn anywhere
-    records = [_record([SPREAD, FLAT, MIDDLE]), _record([FLAT, FLAT])]
-    assert (records[0].advantages == 0).sum() == 6 and not records[1].advantages.any()
-    loss = grpo.GRPOLossConfig(loss_type=loss_type)
+def test_skipping_zero_advantage_rows_gives_the_unskipped_update(tmp_path, tiny_model_dir, cache, shared):
+    """Per loss type, two steps: a group with spread, a flat group and a group with two rows exactly at
+    the mean; then nothing to learn anywhere. Each step is compared with the unskipped run's."""
+    steps = [_record([SPREAD, FLAT, MIDDLE]), _record([FLAT, FLAT])]
+    assert (steps[0].advantages == 0).sum() == 6 and not steps[1].advantages.any()
+    records = steps * len(grpo.LOSS_TYPES)
+    losses = [grpo.GRPOLossConfig(loss_type=t) for t in grpo.LOSS_TYPES for _ in steps]
     size = GROUP if shared else 3  # a multiple of G runs the shared-prefix forward (whole groups)
-    skipped = _run(tmp_path / "skip", tiny_model_dir, records, cache, loss=loss, micro_batch_size=size)
+    skipped = _run(tmp_path / "skip", tiny_model_dir, records, cache, losses=losses, micro_batch_size=size)
     full = _run(
-        tmp_path / "full", tiny_model_dir, records, cache, loss=loss, micro_batch_size=size, skip_zero_advantage=False
+        tmp_path / "full",
+        tiny_model_dir,
+        records,
+        cache,
+        losses=losses,
+        micro_batch_size=size,
+        skip_zero_advantage=False,
     )
     rows = 4 if shared else 6
-    assert skipped[0]["logged"]["train/skipped_rows_frac"] == pytest.approx(rows / 12)
-    assert full[0]["logged"]["train/skipped_rows_frac"] == 0.0
-    assert skipped[1]["logged"]["train/skipped_rows_frac"] == 1.0
-    _same(skipped[0], full[0], exact=False)
-    _same(skipped[1], full[1], exact=False)
-    # the step with nothing to learn changes exactly what running it changes (AdamW momentum, decay)
+    for k, loss in enumerate(losses):
+        mixed = k % 2 == 0
+        assert skipped[k]["logged"]["train/skipped_rows_frac"] == pytest.approx(rows / 12 if mixed else 1.0)
+        assert full[k]["logged"]["train/skipped_rows_frac"] == 0.0
+        try:
+            _same(skipped[k], full[k], exact=False)
+        except AssertionError as err:
+            raise AssertionError(f"step {k} ({loss.loss_type}): {err}") from None
+    # a step with nothing to learn changes exactly what running it changes (AdamW momentum, decay)
     moved = {n for n, w in skipped[1]["weights"].items() if not torch.equal(w, skipped[0]["weights"][n])}
     assert moved, "a zero-gradient AdamW step still moves the weights: skipping it would be wrong"
 
