@@ -87,12 +87,19 @@ def _kill_after(model_dir: Path, out: Path, cache: Path, devices: int, checkpoin
         stderr=subprocess.PIPE,
         start_new_session=True,  # DDP's rank 1 is a child of rank 0: kill the whole group
     )
-    target = out / "ckpt" / f"step{checkpoint:04d}.ckpt"
+    target, last = out / "ckpt" / f"step{checkpoint:04d}.ckpt", out / "ckpt" / "last.ckpt"
+
+    def saved() -> bool:  # `last.ckpt` is written after the step's own file: wait for both
+        try:
+            return last.stat().st_mtime_ns >= target.stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+
     deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
+    while not saved() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     try:
-        assert target.exists(), proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no checkpoint"
+        assert saved(), proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no checkpoint in time"
         time.sleep(delay)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -134,6 +141,10 @@ def test_sigkill_and_resume_is_exact(tmp_path, tiny_model_dir, devices):
             capture_output=True,
         )
         assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+        for log in _logs(broken, devices):  # the resumed run continues after a checkpoint, it does not start over
+            steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+            again = [b for a, b in zip(steps, steps[1:]) if b <= a]
+            assert not again or again[0] > EVERY, f"try {attempt}: the resumed run restarted at step {again[0]}"
         got = [_steps(log) for log in _logs(broken, devices)]
         assert got == expected, (
             f"try {attempt}: every rank of the resumed run must see the same samples in the same order, and "
