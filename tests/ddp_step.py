@@ -25,7 +25,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).par
 from tiny import perturb_lora, prompt_batch, scripted_generation  # noqa: E402
 
 from reczero import grpo  # noqa: E402
+from reczero.data.batching import scale_of  # noqa: E402
 from reczero.data.datamodule import RatingDataModule  # noqa: E402
+from reczero.data.render import PromptConfig  # noqa: E402
 from reczero.data.samples import SampleConfig  # noqa: E402
 from reczero.data.sources import SourceConfig  # noqa: E402
 from reczero.modules.grpo_module import GRPOModule  # noqa: E402
@@ -77,7 +79,7 @@ class ScriptedRollout(RolloutCallback):
         tokenizer = pl_module.tokenizer
         local = prompt_batch(tokenizer, [PROMPTS[p] for p in mine], [TARGETS[p] for p in mine])
         gen = scripted_generation(tokenizer, texts, finished)
-        record = record_from_generation(local, gen, self.cfg, self.spec, pl_module.scale)
+        record = record_from_generation(local, gen, self.cfg, self.spec, scale_of(batch))
         if kind == "nan" and 3 in mine:
             record.advantages[(mine.index(3)) * GROUP] = float("nan")
         pl_module.rollout = record
@@ -118,8 +120,10 @@ class Capture(L.Callback):
 
 def main(out: Path, model_dir: str, devices: int) -> None:
     L.seed_everything(0)
+    prompt = PromptConfig(max_prompt_tokens=1536)
     module = Scripted(
         policy=PolicyConfig(model=model_dir, lora_r=4, lora_alpha=8),
+        prompt=prompt,
         rollout=RolloutConfig(group_size=GROUP, max_new_tokens=64),
         learning_rate=1e-3,
         max_grad_norm=0.0,
@@ -132,7 +136,8 @@ def main(out: Path, model_dir: str, devices: int) -> None:
     data = RatingDataModule(
         source=SourceConfig(format="synthetic", synthetic_users=30, synthetic_items=20, synthetic_ratings_per_user=8),
         samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 5}),
-        max_prompt_tokens=1536,
+        prompt=prompt,
+        tokenizer=model_dir,
         batch_size=1,
         eval_batch_size=2,
         cache_dir=str(out / "cache"),

@@ -442,7 +442,7 @@ def test_decode_config_rejects_bad_values():
         DecodeConfig("beam")
     with pytest.raises(ValueError, match="temperature > 0"):
         DecodeConfig("self_consistency", temperature=0)
-    assert decoding.DecodeConfig().sampling("answer").stop_strings == ("</answer>",)
+    assert decoding.DecodeConfig().sampling(rewards.get_template("answer_only")).stop_strings == ("</answer>",)
 
 
 def test_rate_context_cuts_on_the_models_own_token_boundary(tiny_tokenizer):
@@ -470,7 +470,7 @@ def test_ckpt_of_a_reference_sft_run_evaluates_like_its_saved_adapter(tmp_path, 
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from reczero.evaluation.evaluate import main
+    from reczero.cli import main
     from reczero.modules.checkpointing import AtomicCheckpointIO
     from reczero.modules.grpo_module import GRPOModule
     from reczero.policy.adapters import save_adapter
@@ -480,8 +480,10 @@ def test_ckpt_of_a_reference_sft_run_evaluates_like_its_saved_adapter(tmp_path, 
 
     sft = save_adapter(perturb_lora(build_policy(PolicyConfig(model=str(tiny_model_dir), lora_r=4))), tmp_path / "sft")
     policy = {"model": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8, "adapter_path": str(sft)}
+    prompt = {"max_prompt_tokens": 1536, "response_prefix": "<analyze user>"}
     module = GRPOModule(
         policy=PolicyConfig(**policy),
+        prompt=PromptConfig(**prompt),
         reference="sft",
         rollout=RolloutConfig(group_size=4, max_new_tokens=8),
         reward=rewards.RewardSpec(format_shaping=0.9),
@@ -491,8 +493,8 @@ def test_ckpt_of_a_reference_sft_run_evaluates_like_its_saved_adapter(tmp_path, 
     data = RatingDataModule(
         source=SourceConfig(**DATA_SECTION["source"]),
         samples=SampleConfig(**DATA_SECTION["samples"]),
-        max_prompt_tokens=1536,
-        response_prefix="<analyze user>",
+        prompt=PromptConfig(**prompt),
+        tokenizer=str(tiny_model_dir),
         batch_size=1,
         cache_dir=str(tmp_path / "cache"),
     )
@@ -510,12 +512,13 @@ def test_ckpt_of_a_reference_sft_run_evaluates_like_its_saved_adapter(tmp_path, 
         torch.testing.assert_close(from_ckpt(input_ids=ids).logits, from_adapter(input_ids=ids).logits)
 
     config = {"model": {"class_path": "reczero.modules.GRPOModule", "init_args": {"policy": policy}}}
-    config["data"] = {**DATA_SECTION, "cache_dir": str(tmp_path / "cache"), "response_prefix": "<analyze user>"}
+    config["data"] = {**DATA_SECTION, "cache_dir": str(tmp_path / "cache"), "prompt": prompt}
     (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
     outputs = []
     for source in (["--ckpt", str(tmp_path / "run" / "last.ckpt")], ["--adapter", str(tmp_path / "run" / "adapter")]):
         out = tmp_path / f"{source[0][2:]}.jsonl"
-        args = ["--config", str(tmp_path / "fit.yaml"), *source, "--split", "validation", "--max-new-tokens", "12"]
+        args = ["evaluate", "--config", str(tmp_path / "fit.yaml"), *source, "--split", "validation"]
+        args += ["--decode.max_new_tokens", "12"]
         main([*args, "--output", str(out), "--no-progress"])
         outputs.append([(r["prediction"], r["completion"]) for r in map(json.loads, out.read_text().splitlines())])
     assert outputs[0] == outputs[1]

@@ -21,6 +21,7 @@ from tiny import make_tiny_tokenizer, prompt_batch, scripted_generation
 
 from reczero import grpo, rewards
 from reczero.data.datamodule import RatingDataModule
+from reczero.data.render import PromptConfig
 from reczero.data.samples import SampleConfig
 from reczero.data.schema import SCALES
 from reczero.data.sources import SourceConfig
@@ -92,7 +93,8 @@ def _run(tmp_path, model_dir, records, cache, plugins=(), losses=None, **kwargs)
 
     kwargs = {"learning_rate": 1e-2, "weight_decay": 0.1, "micro_batch_size": GROUP, **kwargs}
     kwargs.setdefault("rollout", RolloutConfig(group_size=GROUP))
-    module = Replayed(policy=PolicyConfig(model=str(model_dir), lora_r=4, lora_alpha=8), **kwargs)
+    prompt = PromptConfig(max_prompt_tokens=1536)
+    module = Replayed(policy=PolicyConfig(model=str(model_dir), lora_r=4, lora_alpha=8), prompt=prompt, **kwargs)
     capture = _Capture()
     trainer = L.Trainer(
         accelerator="cpu", max_steps=len(records), logger=False, enable_checkpointing=False,
@@ -103,7 +105,8 @@ def _run(tmp_path, model_dir, records, cache, plugins=(), losses=None, **kwargs)
     data = RatingDataModule(
         source=SourceConfig(format="synthetic", synthetic_users=20, synthetic_items=20, synthetic_ratings_per_user=8),
         samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 2}),
-        max_prompt_tokens=1536,
+        prompt=prompt,
+        tokenizer=str(model_dir),
         batch_size=1,
         cache_dir=str(cache),
     )

@@ -21,7 +21,6 @@ from reczero.policy.factory import PolicyConfig
 from reczero.policy.forward import completion_logprobs, shared_prefix_logprobs
 from reczero.rollout.record import RolloutConfig, record_from_generation
 
-
 GOOD = "<analyze user>likes drama</analyze user><analyze item>a drama</analyze item><match>fits</match><rate>{}</rate>"
 SCRIPT = [GOOD.format(4), GOOD.format(2), "no tags at all", GOOD.format(5)]  # one prompt's group of 4
 

@@ -66,7 +66,7 @@ def test_gpu_recipe_runs_two_steps_on_the_cpu(recipe, tmp_path, tiny_qwen):
         "--data.source.format=synthetic", "--data.source.path=null",
         "--data.source.synthetic_users=40", "--data.source.synthetic_items=20",
         "--data.samples.min_history=2", "--data.samples.user_history=3", "--data.samples.item_history=3",
-        "--data.max_prompt_tokens=1536", "--data.batch_size=2", "--data.eval_batch_size=8",
+        "--data.prompt.max_prompt_tokens=1536", "--data.batch_size=2", "--data.eval_batch_size=8",
         f"--data.cache_dir={tmp_path / 'cache'}",
         "--trainer.accelerator=cpu", "--trainer.devices=1",
         "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
@@ -79,8 +79,8 @@ def test_gpu_recipe_runs_two_steps_on_the_cpu(recipe, tmp_path, tiny_qwen):
         traces = tmp_path / "traces.jsonl"
         data = [a for a in args if a.startswith("--data.")]
         coldstart = ["--config", str(recipe), *data, "--teacher", "template", "--num-traces", "24"]
-        main(["coldstart", *coldstart, "--output", str(traces), f"--policy.model={tiny_qwen}"])
-        args += [f"--model.init_args.traces={traces}", "--model.init_args.heldout_traces=2"]
+        main(["coldstart", *coldstart, "--output", str(traces), f"--model.init_args.policy.model={tiny_qwen}"])
+        args += [f"--data.traces={traces}", "--data.heldout_traces=2"]
         # 22 traces, 2 a batch, 2 accumulated per step (the recipe's 4 would double the CPU time): one
         # validation in the first epoch
         args += ["--trainer.accumulate_grad_batches=2", "--trainer.val_check_interval=4"]

@@ -194,6 +194,7 @@ def test_remote_checkpoint_paths_save_load_and_resume(tmp_path, tiny_model_dir):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from reczero.data.datamodule import RatingDataModule
+    from reczero.data.render import PromptConfig
     from reczero.data.samples import SampleConfig
     from reczero.data.sources import SourceConfig
     from reczero.modules.grpo_module import GRPOModule
@@ -204,16 +205,20 @@ def test_remote_checkpoint_paths_save_load_and_resume(tmp_path, tiny_model_dir):
     io.save_checkpoint({"w": torch.ones(2)}, f"file://{tmp_path}/local/a.ckpt")
     assert torch.equal(io.load_checkpoint(tmp_path / "local" / "a.ckpt")["w"], torch.ones(2))
 
+    prompt = PromptConfig(max_prompt_tokens=1536)
+
     def run(max_steps: int, ckpt_path: str | None = None) -> L.Trainer:
         module = GRPOModule(
             policy=PolicyConfig(model=str(tiny_model_dir), lora_r=4),
+            prompt=prompt,
             rollout=RolloutConfig(group_size=2, max_new_tokens=4),
             micro_batch_size=2,
         )
         data = RatingDataModule(
             source=SourceConfig(format="synthetic", synthetic_users=20, synthetic_items=20),
             samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 2}),
-            max_prompt_tokens=1536,
+            prompt=prompt,
+            tokenizer=str(tiny_model_dir),
             batch_size=1,
             cache_dir=str(tmp_path / "cache"),
         )

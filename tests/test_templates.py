@@ -9,7 +9,9 @@ import pytest
 from tiny import scripted_generation
 
 from reczero import prompts, rewards
+from reczero.data.batching import scale_of
 from reczero.data.datamodule import RatingDataModule
+from reczero.data.render import PromptConfig
 from reczero.data.samples import SampleConfig
 from reczero.data.sources import SourceConfig
 from reczero.modules.grpo_module import GRPOModule
@@ -36,7 +38,7 @@ class _Answer(RolloutCallback):
         template = pl_module.reward_spec.template
         texts = [PASSING[template]] * (batch["input_ids"].shape[0] * self.cfg.group_size)
         gen = scripted_generation(pl_module.tokenizer, texts, [True] * len(texts))
-        record = record_from_generation(batch, gen, self.cfg, self.spec, pl_module.scale, pl_module.response_prefix)
+        record = record_from_generation(batch, gen, self.cfg, self.spec, scale_of(batch), pl_module.prompt.response_prefix)
         prompt = pl_module.tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
         _Answer.seen[template] = (prompt, record, self.cfg.stop_strings)
         pl_module.rollout = record
@@ -47,21 +49,19 @@ class _AnswerGRPO(GRPOModule):
         return [_Answer(self.rollout_config, self.reward_spec)]
 
 
-def _data(tmp_path, prefix: str = "") -> RatingDataModule:
-    return RatingDataModule(
+def _fit(tmp_path, model_dir, template: str) -> None:
+    prompt = PromptConfig(max_prompt_tokens=1536, answer_example=True, template=template)
+    data = RatingDataModule(
         source=SourceConfig(format="synthetic", synthetic_users=20, synthetic_items=20, synthetic_ratings_per_user=8),
         samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 2}),
-        max_prompt_tokens=1536,
-        response_prefix=prefix,
-        answer_example=True,
+        prompt=prompt,
+        tokenizer=str(model_dir),
         batch_size=1,
         cache_dir=str(tmp_path / "cache"),
     )
-
-
-def _fit(tmp_path, model_dir, template: str, prefix: str = "") -> None:
     module = _AnswerGRPO(
         policy=PolicyConfig(model=str(model_dir), lora_r=4, lora_alpha=8),
+        prompt=prompt,
         rollout=RolloutConfig(group_size=2, max_new_tokens=8),
         reward=rewards.RewardSpec(template=template),
         micro_batch_size=2,
@@ -70,7 +70,7 @@ def _fit(tmp_path, model_dir, template: str, prefix: str = "") -> None:
         accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
         limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
     )  # fmt: skip
-    trainer.fit(module, datamodule=_data(tmp_path, prefix))
+    trainer.fit(module, datamodule=data)
 
 
 @pytest.mark.parametrize("template", sorted(rewards.TEMPLATES))
@@ -104,13 +104,20 @@ def test_one_shot_example_follows_the_template():
             assert reason.startswith("copied_block:"), (name, reason)
 
 
-def test_a_response_prefix_of_another_template_is_refused(tmp_path, tiny_model_dir):
+def test_a_response_prefix_of_another_template_is_refused():
     with pytest.raises(ValueError, match=r"response_prefix='<analyze user>'.*'think_answer'.*'<think>'"):
-        _fit(tmp_path, tiny_model_dir, "think_answer", prefix="<analyze user>")
+        PromptConfig(template="think_answer", response_prefix="<analyze user>")
+    assert PromptConfig(template="think_answer", response_prefix="<think>").response_prefix == "<think>"
+
+
+def test_a_reward_of_another_template_than_the_prompt_is_refused():
+    with pytest.raises(ValueError, match=r"prompt asks for the 'four_step'.*reward scores 'answer_only'"):
+        GRPOModule(reward=rewards.RewardSpec(template="answer_only"))
 
 
 def test_stop_strings_set_by_hand_must_end_the_template():
+    answer_only = {"reward": rewards.RewardSpec(template="answer_only"), "prompt": PromptConfig(template="answer_only")}
     with pytest.raises(ValueError, match="lack.*</answer>"):
-        GRPOModule(reward=rewards.RewardSpec(template="answer_only"), rollout=RolloutConfig(stop_strings=("</x>",)))
-    module = GRPOModule(reward=rewards.RewardSpec(template="answer_only"))
+        GRPOModule(**answer_only, rollout=RolloutConfig(stop_strings=("</x>",)))
+    module = GRPOModule(**answer_only)
     assert module.rollout_config.stop_strings == ("</answer>",)
