@@ -38,7 +38,9 @@ class _Answer(RolloutCallback):
         template = pl_module.reward_spec.template
         texts = [PASSING[template]] * (batch["input_ids"].shape[0] * self.cfg.group_size)
         gen = scripted_generation(pl_module.tokenizer, texts, [True] * len(texts))
-        record = record_from_generation(batch, gen, self.cfg, self.spec, scale_of(batch), pl_module.prompt.response_prefix)
+        record = record_from_generation(
+            batch, gen, self.cfg, self.spec, scale_of(batch), pl_module.prompt.response_prefix
+        )
         prompt = pl_module.tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
         _Answer.seen[template] = (prompt, record, self.cfg.stop_strings)
         pl_module.rollout = record
@@ -116,7 +118,10 @@ def test_a_reward_of_another_template_than_the_prompt_is_refused():
 
 
 def test_stop_strings_set_by_hand_must_end_the_template():
-    answer_only = {"reward": rewards.RewardSpec(template="answer_only"), "prompt": PromptConfig(template="answer_only")}
+    answer_only = {
+        "reward": rewards.RewardSpec(template="answer_only"),
+        "prompt": PromptConfig(template="answer_only"),
+    }
     with pytest.raises(ValueError, match="lack.*</answer>"):
         GRPOModule(**answer_only, rollout=RolloutConfig(stop_strings=("</x>",)))
     module = GRPOModule(**answer_only)
