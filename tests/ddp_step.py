@@ -22,14 +22,11 @@ import lightning as L
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]  # this checkout's reczero
-from tiny import perturb_lora, prompt_batch, scripted_generation  # noqa: E402
+from tiny import perturb_lora, prompt_batch, scripted_generation, synthetic_data  # noqa: E402
 
 from reczero import grpo  # noqa: E402
 from reczero.data.batching import scale_of  # noqa: E402
-from reczero.data.datamodule import RatingDataModule  # noqa: E402
 from reczero.data.render import PromptConfig  # noqa: E402
-from reczero.data.samples import SampleConfig  # noqa: E402
-from reczero.data.sources import SourceConfig  # noqa: E402
 from reczero.modules.grpo_module import GRPOModule  # noqa: E402
 from reczero.modules.rollout_callback import RolloutCallback  # noqa: E402
 from reczero.policy.factory import PolicyConfig  # noqa: E402
@@ -133,15 +130,7 @@ def main(out: Path, model_dir: str, devices: int) -> None:
     )
     module.configure_model()
     perturb_lora(module.policy, scale=0.05)  # the policy differs from the KL reference
-    data = RatingDataModule(
-        source=SourceConfig(format="synthetic", synthetic_users=30, synthetic_items=20, synthetic_ratings_per_user=8),
-        samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 5}),
-        prompt=prompt,
-        tokenizer=model_dir,
-        batch_size=1,
-        eval_batch_size=2,
-        cache_dir=str(out / "cache"),
-    )
+    data = synthetic_data(model_dir, prompt, out / "cache", users=30, validation=5, eval_batch_size=2)
     capture = Capture()
     trainer = L.Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=OPTIMIZER_STEPS,

@@ -17,14 +17,11 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
-from tiny import make_tiny_tokenizer, prompt_batch, scripted_generation
+from tiny import make_tiny_tokenizer, prompt_batch, scripted_generation, synthetic_data
 
 from reczero import grpo, rewards
-from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import PromptConfig
-from reczero.data.samples import SampleConfig
 from reczero.data.schema import SCALES
-from reczero.data.sources import SourceConfig
 from reczero.modules.grpo_module import GRPOModule
 from reczero.modules.rollout_callback import RolloutCallback
 from reczero.policy.factory import PolicyConfig
@@ -102,15 +99,7 @@ def _run(tmp_path, model_dir, records, cache, plugins=(), losses=None, **kwargs)
         default_root_dir=tmp_path, callbacks=[capture], plugins=list(plugins),
     )  # fmt: skip
     L.seed_everything(0)
-    data = RatingDataModule(
-        source=SourceConfig(format="synthetic", synthetic_users=20, synthetic_items=20, synthetic_ratings_per_user=8),
-        samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 2}),
-        prompt=prompt,
-        tokenizer=str(model_dir),
-        batch_size=1,
-        cache_dir=str(cache),
-    )
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=synthetic_data(model_dir, prompt, cache))
     return capture.after
 
 

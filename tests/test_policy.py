@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from tiny import make_tiny_llama, make_tiny_tokenizer, perturb_lora
+from tiny import bitsandbytes_cpu_usable, make_tiny_llama, make_tiny_tokenizer, perturb_lora
 from transformers import AutoModelForCausalLM
 
 from reczero.policy import bundled
@@ -226,16 +226,6 @@ def test_gradient_checkpointing_backward_reaches_lora(tiny_model, input_ids):
 # ---------------------------------------------------------------- 4-bit
 
 
-def _bitsandbytes_cpu_usable() -> bool:
-    try:
-        import bitsandbytes.functional as F
-
-        packed, state = F.quantize_4bit(torch.randn(64, 64), quant_type="nf4")
-        return F.dequantize_4bit(packed, state).shape == (64, 64)
-    except Exception:
-        return False
-
-
 def test_4bit_requires_bitsandbytes(tiny_model_dir, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -257,7 +247,7 @@ def test_4bit_with_full_precision_injected_model_is_an_error(tiny_model):
         build_policy(PolicyConfig(load_in_4bit=True), base_model=tiny_model)
 
 
-@pytest.mark.skipif(not _bitsandbytes_cpu_usable(), reason="bitsandbytes 4-bit is not usable here")
+@pytest.mark.skipif(not bitsandbytes_cpu_usable(), reason="bitsandbytes 4-bit is not usable here")
 def test_4bit_qlora_trains_and_exports(tiny_model_dir, input_ids, tmp_path):
     cfg = PolicyConfig(
         model=str(tiny_model_dir), load_in_4bit=True, lora_r=4, lora_alpha=8, gradient_checkpointing=True
@@ -299,7 +289,7 @@ def _cpu_repacking_available() -> bool:
     try:
         from bitsandbytes.nn.modules import has_avx512bf16
 
-        return _bitsandbytes_cpu_usable() and bool(has_avx512bf16())
+        return bitsandbytes_cpu_usable() and bool(has_avx512bf16())
     except Exception:
         return False
 

@@ -19,23 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import save_tiny_qwen2
+from tiny import bitsandbytes_cpu_usable, save_tiny_qwen2
 
 from reczero.policy.adapters import save_adapter
 from reczero.policy.factory import PolicyConfig, build_policy
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "configs").glob("qwen2.5-*.yaml"))
-
-
-def _bitsandbytes_cpu_usable() -> bool:
-    try:
-        import bitsandbytes.functional as F
-
-        packed, state = F.quantize_4bit(torch.randn(64, 64), quant_type="nf4")
-        return F.dequantize_4bit(packed, state).shape == (64, 64)
-    except Exception:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +44,7 @@ def test_gpu_recipe_runs_two_steps_on_the_cpu(recipe, tmp_path, tiny_qwen):
     config = yaml.safe_load(recipe.read_text())
     init = config["model"]["init_args"]
     policy = init["policy"]
-    if policy.get("load_in_4bit") and not _bitsandbytes_cpu_usable():
+    if policy.get("load_in_4bit") and not bitsandbytes_cpu_usable():
         pytest.skip("bitsandbytes 4-bit does not run on this CPU")
     sft = config["model"]["class_path"].endswith("SFTModule")
     out = tmp_path / "run"

@@ -192,11 +192,9 @@ def test_remote_checkpoint_paths_save_load_and_resume(tmp_path, tiny_model_dir):
     import fsspec
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from tiny import synthetic_data
 
-    from reczero.data.datamodule import RatingDataModule
     from reczero.data.render import PromptConfig
-    from reczero.data.samples import SampleConfig
-    from reczero.data.sources import SourceConfig
     from reczero.modules.grpo_module import GRPOModule
     from reczero.policy.factory import PolicyConfig
     from reczero.rollout.record import RolloutConfig
@@ -214,14 +212,7 @@ def test_remote_checkpoint_paths_save_load_and_resume(tmp_path, tiny_model_dir):
             rollout=RolloutConfig(group_size=2, max_new_tokens=4),
             micro_batch_size=2,
         )
-        data = RatingDataModule(
-            source=SourceConfig(format="synthetic", synthetic_users=20, synthetic_items=20),
-            samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 2}),
-            prompt=prompt,
-            tokenizer=str(tiny_model_dir),
-            batch_size=1,
-            cache_dir=str(tmp_path / "cache"),
-        )
+        data = synthetic_data(tiny_model_dir, prompt, tmp_path / "cache")
         trainer = L.Trainer(
             accelerator="cpu", max_steps=max_steps, logger=False, num_sanity_val_steps=0, limit_val_batches=0,
             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,

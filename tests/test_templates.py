@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
-from tiny import scripted_generation
+from tiny import scripted_generation, synthetic_data
 
 from reczero import prompts, rewards
 from reczero.data.batching import scale_of
-from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import PromptConfig
-from reczero.data.samples import SampleConfig
-from reczero.data.sources import SourceConfig
 from reczero.modules.grpo_module import GRPOModule
 from reczero.modules.rollout_callback import RolloutCallback
 from reczero.policy.factory import PolicyConfig
@@ -53,14 +50,7 @@ class _AnswerGRPO(GRPOModule):
 
 def _fit(tmp_path, model_dir, template: str) -> None:
     prompt = PromptConfig(max_prompt_tokens=1536, answer_example=True, template=template)
-    data = RatingDataModule(
-        source=SourceConfig(format="synthetic", synthetic_users=20, synthetic_items=20, synthetic_ratings_per_user=8),
-        samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": 2}),
-        prompt=prompt,
-        tokenizer=str(model_dir),
-        batch_size=1,
-        cache_dir=str(tmp_path / "cache"),
-    )
+    data = synthetic_data(model_dir, prompt, tmp_path / "cache")
     module = _AnswerGRPO(
         policy=PolicyConfig(model=str(model_dir), lora_r=4, lora_alpha=8),
         prompt=prompt,

@@ -17,6 +17,8 @@ Everything here is deterministic and takes milliseconds (the tokenizer) to ~0.1 
   them the way it loads a hub model (used for the 4-bit and path-loading tests).
 - `save_tiny_qwen2(dir)`: the same with a random 2-layer Qwen2 (the Qwen2.5 recipes' architecture:
   q/k/v biases, untied head, a 32k context), for rehearsing the GPU configs on the CPU.
+- `bitsandbytes_cpu_usable()`: whether bitsandbytes' 4-bit runs on this CPU.
+- `synthetic_data(model_dir, prompt, cache_dir)`: a DataModule over a small synthetic set.
 - `perturb_lora(model)`: LoRA B starts at zero, so a fresh adapter changes nothing; this fills the
   adapter with small random values so adapter-on and adapter-off outputs differ.
 - `prompt_batch(tokenizer, prompts, targets)` / `scripted_generation(tokenizer, texts, finished)`: a
@@ -129,21 +131,24 @@ def make_tiny_tokenizer(system_role: bool = True) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_llama_config(tokenizer: PreTrainedTokenizerFast, **overrides) -> LlamaConfig:
-    """The tiny Llama's config; `overrides` replace any field (e.g. `tie_word_embeddings=False`)."""
-    kwargs = dict(
+def _tiny_shape(tokenizer: PreTrainedTokenizerFast) -> dict:
+    """2 layers, hidden 64, 4 heads (2 KV), on the tokenizer's vocabulary and special tokens."""
+    return dict(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=len(tokenizer),
-        max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
     )
+
+
+def tiny_llama_config(tokenizer: PreTrainedTokenizerFast, **overrides) -> LlamaConfig:
+    """The tiny Llama's config; `overrides` replace any field (e.g. `tie_word_embeddings=False`)."""
+    kwargs = dict(_tiny_shape(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True)
     kwargs.update(overrides)
     return LlamaConfig(**kwargs)
 
@@ -169,24 +174,44 @@ def save_tiny_qwen2(path: str | Path, seed: int = 0) -> Path:
     """Write the tiny tokenizer + a seeded random 2-layer Qwen2 (hidden 64) to `path`."""
     path = Path(path)
     tokenizer = make_tiny_tokenizer()
-    config = Qwen2Config(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=32768,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    config = Qwen2Config(**_tiny_shape(tokenizer), max_position_embeddings=32768, tie_word_embeddings=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         Qwen2ForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def bitsandbytes_cpu_usable() -> bool:
+    """Whether bitsandbytes' 4-bit NF4 round trip runs on this CPU (tests of 4-bit loading skip otherwise)."""
+    try:
+        import bitsandbytes.functional as F
+
+        packed, state = F.quantize_4bit(torch.randn(64, 64), quant_type="nf4")
+        return F.dequantize_4bit(packed, state).shape == (64, 64)
+    except Exception:
+        return False
+
+
+def synthetic_data(
+    model_dir: str | Path, prompt, cache_dir: str | Path, users: int = 20, validation: int = 2, **kwargs
+):
+    """A `RatingDataModule` over a small synthetic set (3 history records a side), rendering with the
+    tokenizer in `model_dir`, one prompt a batch unless `kwargs` say otherwise."""
+    from reczero.data.datamodule import RatingDataModule
+    from reczero.data.samples import SampleConfig
+    from reczero.data.sources import SourceConfig
+
+    return RatingDataModule(
+        source=SourceConfig(
+            format="synthetic", synthetic_users=users, synthetic_items=20, synthetic_ratings_per_user=8
+        ),
+        samples=SampleConfig(user_history=3, item_history=3, min_history=2, max_samples={"validation": validation}),
+        prompt=prompt,
+        tokenizer=str(model_dir),
+        cache_dir=str(cache_dir),
+        **{"batch_size": 1, **kwargs},
+    )
 
 
 @torch.no_grad()
