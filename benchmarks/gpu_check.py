@@ -209,6 +209,7 @@ def run_case(model_dir: str, case: str, settings: dict, steps: int, warmup: int,
         use_cache=False,  # no `datasets` cache: the synthetic set builds in a second
     )
     measure = Measure(warmup, cuda, deadline)
+    left_over = torch.cuda.memory_allocated() / 2**30 if cuda else None  # what earlier cases did not free
     trainer = L.Trainer(
         accelerator=accelerator, devices=1, precision=precision, max_steps=warmup + steps,
         logger=False, enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
@@ -236,6 +237,7 @@ def run_case(model_dir: str, case: str, settings: dict, steps: int, warmup: int,
     if cuda:
         result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+        result["allocated_before_gib"] = left_over
     return result, module
 
 
@@ -244,9 +246,10 @@ def logprob_drift(module, accelerator: str) -> dict:
     weights in fp32: how far bf16 moves them, and the share of tokens whose ratio leaves the 0.2 clip range."""
     from reczero.policy.forward import completion_logprobs
 
-    policy, record = module.policy, module.rollout
+    policy = module.policy
     device = next(p for p in policy.parameters()).device
-    mask = record.completion_mask.to(device)  # [N, C]
+    record = module.rollout.to(device)
+    mask = record.completion_mask  # [N, C]
     size = module.hparams.micro_batch_size
     chunks = [torch.arange(i, min(i + size, mask.shape[0]), device=device) for i in range(0, mask.shape[0], size)]
     temperature = module.rollout_config.temperature

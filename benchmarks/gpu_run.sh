@@ -10,6 +10,7 @@
 # once the script has imported), and a case running then stops after its first measured step; the
 # whole script is killed at BUDGET + 150 s. Everything goes to $OUT: gpu_check.json (rewritten after
 # each case, so it holds every finished case even if the run is cut short), gpu_check.log, nvidia-smi.txt.
+# GPU_CHECK_ARGS adds arguments (a rehearsal without a GPU: GPU_CHECK_ARGS="--accelerator cpu" BUDGET=0).
 set -o pipefail
 : "${OUT:?OUT must name the folder whose files come back}"
 BUDGET=${BUDGET:-240}
@@ -18,4 +19,4 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 timeout $((BUDGET + 150)) python3 benchmarks/gpu_check.py --tokenizer .gpu/smollm2-135m --steps 2 --warmup 1 \
     --budget-s "$BUDGET" --out "$OUT/gpu_check.json" \
-    --run smollm2-135m/bf16 smollm2-135m/qlora qwen2.5-1.5b/qlora 2>&1 | tee "$OUT/gpu_check.log"
+    --run smollm2-135m/bf16 smollm2-135m/qlora qwen2.5-1.5b/qlora ${GPU_CHECK_ARGS:-} 2>&1 | tee "$OUT/gpu_check.log"
