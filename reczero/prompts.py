@@ -4,7 +4,7 @@ The prompt shows what was known before the target interaction: the user's recent
 reviews, their average, the target item's metadata, other users' recent ratings of it and its
 average. It asks for four tagged steps - analyse the user, analyse the item, match them, rate -
 with the rating alone in the last block, or for the tags of another reward template (`tags`: the
-ablations' `<think>`/`<answer>` and `<answer>` alone, `rewards.TEMPLATES`). The SFT target format
+ablations' `<think>`/`<answer>` and `<answer>` alone, `answers.TEMPLATES`). The SFT target format
 comes from here too (`format_completion`), so prompts, targets and the reward's format check never
 drift apart.
 
@@ -31,7 +31,7 @@ _STEP_HINTS = (
     "what the target item offers, with its likely strengths and weaknesses",
     "whether the item fits this user's tastes, and why",
 )
-# the hint of every reasoning tag a reward template (`rewards.TEMPLATES`) may ask for
+# the hint of every reasoning tag a reward template (`answers.TEMPLATES`) may ask for
 _TAG_HINTS = {
     **dict(zip(STEP_TAGS, _STEP_HINTS)),
     "think": "what this user likes and dislikes, what the target item offers, and whether the two fit",
@@ -106,7 +106,7 @@ def _average(avg: float | None, count: int) -> str:
 
 def answer_format(scale: RatingScale, tags: tuple[str, ...] = STEP_TAGS) -> str:
     """The tagged steps the model must write, as shown in the prompt: `tags` are the reward template's
-    (`rewards.Template.tags`, the rating tag last), each with its hint."""
+    (`answers.Template.tags`, the rating tag last), each with its hint."""
     rows = [f"<{tag}>{_TAG_HINTS[tag]}</{tag}>" for tag in tags[:-1]]
     rows.append(f"<{tags[-1]}>{_rate_hint(scale)}</{tags[-1]}>")
     return "\n".join(rows)

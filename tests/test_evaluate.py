@@ -11,7 +11,7 @@ import torch
 import yaml
 from tiny import perturb_lora
 
-from reczero import rewards
+from reczero import answers, rewards
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import PromptConfig
 from reczero.data.samples import SampleConfig, assign_splits
@@ -221,7 +221,7 @@ def test_self_consistency_averages_the_parsable_samples(tiny_tokenizer, tiny_mod
     seen = set()
     for d in out:
         assert len(d.completions) == 8
-        parsed = [rewards.parse_rating(t) for t in d.completions]
+        parsed = [answers.parse_rating(t) for t in d.completions]
         assert parsed == d.parsed and set(parsed) <= {3.0, 5.0, None}
         valid = [p for p in parsed if p is not None]
         assert d.prediction == pytest.approx(sum(valid) / len(valid))

@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 
 from reczero import prompts
+from reczero.answers import TEMPLATES, check_format, parse_rating
 from reczero.prompts import (
     SYSTEM_PROMPT,
     HistoryLine,
@@ -26,7 +27,6 @@ from reczero.prompts import (
     truncate,
     user_message,
 )
-from reczero.rewards import TEMPLATES, check_format, parse_rating
 from reczero.scale import SCALES, RatingScale
 
 FIVE, HALF, TEN = SCALES["1-5"], SCALES["0.5-5"], SCALES["1-10"]

@@ -4,7 +4,7 @@ grounded; one that talks about something else is not."""
 
 from __future__ import annotations
 
-from reczero import prompts, reasoning, rewards
+from reczero import answers, prompts, reasoning, rewards
 from reczero.prompts import HistoryLine, PromptInput
 from reczero.scale import SCALES
 
@@ -14,7 +14,7 @@ SOURCES = prompts.copy_sources(SCALE, EXAMPLE)
 
 
 def blocks_of(text: str) -> list[str]:
-    return [b for b in rewards.reasoning_blocks(text) if b is not None]
+    return [b for b in answers.reasoning_blocks(text) if b is not None]
 
 
 def answer(user: str, item: str, match: str, rating: str = "4") -> str:

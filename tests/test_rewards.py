@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reczero.rewards import (
-    TEMPLATES,
-    RewardSpec,
-    check_format,
-    parse_number,
-    parse_rating,
-    score,
-    score_batch,
-)
+from reczero.answers import TEMPLATES, check_format, parse_number, parse_rating
+from reczero.rewards import RewardSpec, score, score_batch
 from reczero.scale import RatingScale
 
 STARS = RatingScale(1.0, 5.0, 1.0)

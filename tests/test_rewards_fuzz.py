@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reczero.rewards import TEMPLATES, RewardSpec, check_format, parse_number, parse_rating, score
+from reczero.answers import TEMPLATES, check_format, parse_number, parse_rating
+from reczero.rewards import RewardSpec, score
 from reczero.scale import RatingScale
 
 settings.register_profile(

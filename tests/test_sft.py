@@ -13,7 +13,7 @@ import pytest
 import torch
 from tiny import make_tiny_llama, perturb_lora
 
-from reczero import rewards
+from reczero import answers
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import PromptConfig, prompt_input
 from reczero.data.samples import SampleConfig
@@ -285,7 +285,7 @@ def test_keep_and_drop_decisions():
 def test_copies_of_the_one_shot_example_are_rejected():
     example = example_answer("u|i|1", SCALE, 3.5)
     sources = copy_sources(SCALE, example)
-    rating = rewards.parse_rating(example)
+    rating = answers.parse_rating(example)
     assert coldstart.judge_direct(example, rating, SCALE, 0.5, sources).reason == "copied_example:analyze user"
     assert coldstart.judge_direct(example, rating, SCALE, 0.5).keep  # no example in the prompt: a fine answer
     own = format_completion("Likes dramas.", "A drama.", "Fits.", 4, SCALE)

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 from tiny import scripted_generation, synthetic_data
 
-from reczero import prompts, rewards
+from reczero import answers, prompts, rewards
 from reczero.data.batching import scale_of
 from reczero.data.render import PromptConfig
 from reczero.modules.grpo_module import GRPOModule
@@ -65,7 +65,7 @@ def _fit(tmp_path, model_dir, template: str) -> None:
     trainer.fit(module, datamodule=data)
 
 
-@pytest.mark.parametrize("template", sorted(rewards.TEMPLATES))
+@pytest.mark.parametrize("template", sorted(answers.TEMPLATES))
 def test_a_passing_answer_of_each_template_scores_above_the_penalty(tmp_path, tiny_model_dir, template):
     _fit(tmp_path, tiny_model_dir, template)
     prompt, record, stops = _Answer.seen[template]
@@ -86,10 +86,10 @@ def _scale():
 def test_one_shot_example_follows_the_template():
     scale = _scale()
     example = prompts.example_answer("u|i|1", scale, 3.5)
-    for name, template in rewards.TEMPLATES.items():
+    for name, template in answers.TEMPLATES.items():
         shown = prompts.in_template(example, template.tags)
         assert rewards.check_format(shown, scale, name).ok, name
-        assert rewards.parse_rating(shown, template.rating_tag) == rewards.parse_rating(example)
+        assert answers.parse_rating(shown, template.rating_tag) == answers.parse_rating(example)
         if len(template.tags) > 1:  # a copy of the example's reasoning is caught in every template that has some
             sources = prompts.copy_sources(scale, shown, template.tags)
             reason = rewards.check_format(shown, scale, name, copy_sources=sources).reason

@@ -78,7 +78,7 @@ class PromptConfig:
         answer_example: add a one-shot worked answer (another user and item) after the skeleton; for
             small models that cannot follow the skeleton alone.
         template: the reward template whose tags the skeleton (and the example) asks for
-            (`rewards.TEMPLATES`: "four_step", or the ablations "think_answer" and "answer_only"); it
+            (`answers.TEMPLATES`: "four_step", or the ablations "think_answer" and "answer_only"); it
             must be `model.init_args.reward.template`, which scores the answers.
     """
 

@@ -64,7 +64,7 @@ class NonFiniteError(RuntimeError):
 
 
 def _stopping_at(rollout: RolloutConfig, template: str) -> RolloutConfig:
-    """`rollout` whose sampling stops where the reward template's answer ends (`rewards.Template.stop_strings`):
+    """`rollout` whose sampling stops where the reward template's answer ends (`answers.Template.stop_strings`):
     the default `</rate>` follows the template; stop strings set by hand must include the template's."""
     stops = rewards.get_template(template).stop_strings
     given = tuple(rollout.stop_strings or ())

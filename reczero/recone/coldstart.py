@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from reczero import rewards
+from reczero import answers, rewards
 from reczero.data.batching import left_pad, pad_id
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import prompt_input
@@ -69,7 +69,7 @@ class Verdict:
 
 def _check(
     completion: str, scale: RatingScale, sources: tuple[str, ...]
-) -> tuple[rewards.FormatCheck, Verdict | None]:
+) -> tuple[answers.FormatCheck, Verdict | None]:
     """The reward's format check; a block that copies the prompt's skeleton hints or its one-shot
     example (`sources`, `prompts.copy_sources`) is a `copied_example` drop: small teachers copy it."""
     check = rewards.check_format(completion, scale, copy_sources=sources)

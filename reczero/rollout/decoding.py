@@ -5,7 +5,7 @@
 and score every completion with `rewards.score_batch` (format, copy check, grounding, reward):
 
 - `greedy` (the paper's protocol): one greedy completion; the rating is the number in the LAST
-  rating block (`rewards.parse_rating`), None when it does not parse to a value inside the scale.
+  rating block (`answers.parse_rating`), None when it does not parse to a value inside the scale.
 - `expected`: greedy reasoning, then the model's own distribution over the rating at the rating
   block: the next-token distribution after the prompt plus the completion up to and including the
   last `<rate>` (and the whitespace the model wrote after it, where that ends on a token boundary),
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reczero import prompts, rewards
+from reczero import answers, prompts, rewards
 from reczero.data.batching import left_pad, pad_id, scale_of
 from reczero.rollout.engine import SamplingConfig, Watch, generate
 from reczero.rollout.merge import merged_lora
@@ -75,8 +75,8 @@ class DecodeConfig:
     def num_samples(self) -> int:
         return self.samples if self.mode == "self_consistency" else 1
 
-    def sampling(self, template: rewards.Template) -> SamplingConfig:
-        """Sampling settings that stop where the template's answer ends (`rewards.Template.stop_strings`)."""
+    def sampling(self, template: answers.Template) -> SamplingConfig:
+        """Sampling settings that stop where the template's answer ends (`answers.Template.stop_strings`)."""
         temperature = self.temperature if self.mode == "self_consistency" else 0.0
         return SamplingConfig(
             temperature=temperature,
@@ -271,7 +271,7 @@ def decode_batch(
     per_row = lambda key: None if batch.get(key) is None else [x for x in batch[key] for _ in range(g)]  # noqa: E731
     truth = [float(t) for t in per_row("target" if has_target else "fallback")]  # [B*G]
     scored = rewards.score_batch(texts, truth, scale, spec, per_row("copy_sources"), per_row("facts"))
-    parsed = [s.parsed for s in scored]  # `rewards.parse_rating` of the rating tag, scale not checked
+    parsed = [s.parsed for s in scored]  # `answers.parse_rating` of the rating tag, scale not checked
     finished = gen.finished.tolist()
     out = []
     for b in range(input_ids.shape[0]):
