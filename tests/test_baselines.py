@@ -278,7 +278,7 @@ def test_time_split_baselines_never_see_the_test_period_ties_included(tmp_path):
     from reczero.data.datamodule import RatingDataModule
     from reczero.data.samples import SampleConfig
     from reczero.data.sources import SourceConfig
-    from reczero.evaluation.baselines import baseline_split
+    from reczero.evaluation.protocol import baseline_split
 
     _tied_csv(tmp_path / "r.csv")
     source = SourceConfig(format="csv", path=str(tmp_path / "r.csv"))

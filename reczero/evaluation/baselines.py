@@ -12,7 +12,7 @@ Before step 3 the test ratings are only checked for count and finiteness; they n
 the choice. Every prediction is clipped to the rating scale; a "(rounded)" twin of each continuous
 method rounds it to the scale's grid as well (an integer guess lowers MAE, as the LLM's do).
 
-What the command (`baselines_command`, on the DataModule's split, see `baseline_split`) fits on:
+What the command (`baselines_command`, on the DataModule's split, see `protocol.baseline_split`) fits on:
   - `split: time` (the headline protocol): tuning fits on the training period (timestamps before
     the first cut) and scores the validation samples; the refit uses every interaction before the
     test period (training + validation periods, all of them, not only the validation samples).
@@ -45,8 +45,8 @@ import numpy as np
 
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import prompt_input
-from reczero.data.samples import assign_splits, build_samples
 from reczero.evaluation.predictors import PREDICTORS, Predictor, TooLargeError, encode
+from reczero.evaluation.protocol import baseline_split, split_description
 from reczero.prompts import rationale, round_to_scale
 
 __all__ = ["DEFAULT_GRIDS", "BaselineResult", "format_table", "run_baselines"]
@@ -282,65 +282,6 @@ def format_table(results: Sequence[BaselineResult]) -> str:
 
 
 # -- CLI: reczero baselines -----------------------------------------------------------------------
-def baseline_split(dm) -> dict:
-    """The classical predictors' view of the DataModule's split (see the module docstring).
-
-    train: the rows tuning fits on, as (user, item, rating): the `train` split's interactions (time:
-    the training period; leave_last: every user's ratings but the last two). refit: what the chosen
-    candidate is refit on before the test: every `train` and `validation` interaction (time: all of
-    them are earlier than every test interaction). test: the DataModule's test samples (after
-    min_history and any max_samples cap), the very samples an LLM is evaluated on. validation: EVERY
-    validation sample, whatever `max_samples` caps for the LLM's validation: the baselines are tuned
-    on all of it, their best configuration. Each holds positions into its `table`, (user, item)
-    pairs, true ratings and sample keys.
-    """
-    dm.setup()
-    rows = dm.data.interactions
-    cfg = dm.sample_config
-    splits = assign_splits(dm.data, cfg)
-    tables = {"test": dm.table, "validation": dm.table}
-    if "validation" in cfg.max_samples:
-        rest = {k: v for k, v in cfg.max_samples.items() if k != "validation"}
-        tables["validation"] = build_samples(dm.data, dataclasses.replace(cfg, max_samples=rest))
-    out = {
-        "train": [(r.user, r.item, r.rating) for r, s in zip(rows, splits) if s == "train"],
-        "refit": [(r.user, r.item, r.rating) for r, s in zip(rows, splits) if s in ("train", "validation")],
-        "test_start": min((r.timestamp for r, s in zip(rows, splits) if s == "test"), default=None),
-    }
-    for split, table in tables.items():
-        positions = [p for p, s in enumerate(table.split) if s == split]
-        targets = [rows[table.target[p]] for p in positions]
-        out[split] = {
-            "table": table,
-            "positions": positions,
-            "pairs": [(r.user, r.item) for r in targets],
-            "truth": [r.rating for r in targets],
-            "keys": [f"{r.user}|{r.item}|{r.timestamp}" for r in targets],
-        }
-    return out
-
-
-def split_description(dm, split: dict) -> str:
-    cfg = dm.sample_config
-    n_valid, n_test = len(split["validation"]["pairs"]), len(split["test"]["pairs"])
-    if cfg.split == "time":
-        how = (
-            f"global time split at quantiles {cfg.time_quantiles}: tuned with {len(split['train'])} training-period "
-            f"interactions on {n_valid} validation samples, refit on all {len(split['refit'])} interactions before "
-            f"the test period (nothing at or after {split['test_start']})"
-        )
-    else:
-        how = (
-            f"leave-last split (per user: last rating -> test, second to last -> validation): tuned with "
-            f"{len(split['train'])} interactions on {n_valid} validation samples, refit on {len(split['refit'])}; "
-            "NOT leakage-free for these methods (other users' later ratings are in the fit): use split: time"
-        )
-    return (
-        f"{dm.data.name}, {how}. Scored on the {n_test} test samples an LLM is evaluated on (samples with under "
-        f"{cfg.min_history} history records dropped{'; a seeded subset' if 'test' in cfg.max_samples else ''})."
-    )
-
-
 @dataclass
 class BaselineOptions:
     """`reczero baselines`' own options.
