@@ -22,6 +22,7 @@ from reczero.policy.loading import load_checkpoint_weights
 from reczero.rollout import decoding
 from reczero.rollout.decoding import (
     DecodeConfig,
+    Decoded,
     decode_batch,
     expected_from_logits,
     mean_rating,
@@ -240,7 +241,7 @@ def test_evaluate_counts_every_unparsable_answer_with_its_fallback(tmp_path, tin
         tiny_model, tiny_tokenizer, dm, PAPER, "validation", DecodeConfig(max_new_tokens=3), progress=False
     )
     assert len(result.rows) == 6
-    assert all(r.prediction is None for r in result.rows)  # 3 random tokens never hold a rating block
+    assert all(r.decoded.prediction is None for r in result.rows)  # 3 random tokens never hold a rating block
     summary = summarize(result, name="tiny", split="validation", decoding={"mode": "greedy"}, data={"name": "syn"})
     m = summary["metrics"]
     assert m["parse_rate"] == 0 and m["fallbacks"] == 6 and m["format_rate"] == 0
@@ -259,7 +260,7 @@ def test_evaluate_expected_mode_end_to_end(tmp_path, tiny_tokenizer, tiny_model)
     dm = tiny_data(tmp_path)
     cfg = DecodeConfig("expected", max_new_tokens=64)
     result = evaluate(model, tiny_tokenizer, dm, PAPER, "test", cfg, limit=4, batch_size=3, progress=False)
-    assert [r.prediction for r in result.rows] == pytest.approx([4.1] * 4)
+    assert [r.decoded.prediction for r in result.rows] == pytest.approx([4.1] * 4)
     summary = summarize(result, name="scripted", split="test", decoding={"mode": "expected"}, data={})
     assert summary["metrics"]["mae"] == pytest.approx(sum(abs(4.1 - r.target) for r in result.rows) / 4)
     assert summary["metrics"]["parse_rate"] == 1 and summary["metrics"]["format_rate"] == 1
@@ -270,7 +271,7 @@ def test_evaluate_expected_mode_end_to_end(tmp_path, tiny_tokenizer, tiny_model)
 
 def test_summary_of_a_mixed_run_by_hand():
     def row(key, target, pred, fallback, ok):
-        return SampleResult(key, "u", "i", target, pred, fallback, 6, 3, ["x"], [ok], [True])
+        return SampleResult(key, "u", "i", target, fallback, 6, 3, Decoded(pred, ["x"], [pred], [ok], [True]))
 
     rows = [row("a", 4.0, 4.0, 3.0, True), row("b", 2.0, 3.0, 3.0, True), row("c", 5.0, None, 3.5, False)]
     summary = summarize(EvalResult(rows, 10, 1.0, SCALES["1-5"]), name="m", split="test", decoding={}, data={})

@@ -12,15 +12,15 @@ from reczero.cli import main
 from reczero.data.schema import SCALES
 from reczero.evaluation.evaluate import EvalResult, SampleResult, summarize, write_outputs
 from reczero.evaluation.report import comparisons, read_scalars, reference, table_rows
+from reczero.rollout.decoding import Decoded
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _llm_json(tmp_path):
     def row(key, target, pred, fallback):
-        return SampleResult(
-            key, "u", "i", target, pred, fallback, 6, 3, ["<rate>x</rate>"], [pred is not None], [True]
-        )
+        decoded = Decoded(pred, ["<rate>x</rate>"], [pred], [pred is not None], [True])
+        return SampleResult(key, "u", "i", target, fallback, 6, 3, decoded)
 
     rows = [row("k1", 4.0, 4.0, 3.0), row("k3", 2.0, None, 3.5)]  # 2 of the 4 test samples
     result = EvalResult(rows, 4, 2.0, SCALES["1-5"])

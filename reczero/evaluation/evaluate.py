@@ -35,7 +35,7 @@ from reczero.data.datamodule import RatingDataModule
 from reczero.modules.base import PolicyModule
 from reczero.policy.loading import load_model
 from reczero.rewards import RewardSpec
-from reczero.rollout.decoding import DecodeConfig, decode_batch, output_fields, rating_candidates
+from reczero.rollout.decoding import DecodeConfig, Decoded, decode_batch, rating_candidates
 
 log = logging.getLogger(__name__)
 
@@ -50,45 +50,39 @@ USER_COUNT_EDGES = (5, 10, 20, 50, 100, 200)  # the user's earlier ratings
 # -- the evaluation loop --------------------------------------------------------------------------
 @dataclass
 class SampleResult:
-    """One evaluated sample (a line of the predictions JSONL)."""
+    """One evaluated sample (a line of the predictions JSONL): the sample and what decoding made of it."""
 
     key: str
     user: str
     item: str
     target: float
-    prediction: float | None
     fallback: float
     history_len: int
     user_count: int
-    completions: list[str]
-    format_ok: list[bool]
-    finished: list[bool]
-    rate_mass: float | None = None
-    copied: list[bool] = field(default_factory=list)
-    grounded: list[bool] = field(default_factory=list)
-    greedy: float | None = None
+    decoded: Decoded
 
     @property
     def scored_as(self) -> float:
-        return self.fallback if self.prediction is None else self.prediction
+        return self.fallback if self.decoded.prediction is None else self.decoded.prediction
 
     def to_json(self) -> dict:
-        row = {
+        d = self.decoded
+        one = lambda values: values[0] if len(values) == 1 else values  # noqa: E731
+        return {
             "key": self.key,
             "user": self.user,
             "item": self.item,
             "target": self.target,
-            "prediction": self.prediction,
+            "prediction": d.prediction,
             "fallback": self.fallback,
-            "fallback_used": self.prediction is None,
+            "fallback_used": d.prediction is None,
             "history_len": self.history_len,
             "user_count": self.user_count,
-            "finished": self.finished[0] if len(self.finished) == 1 else self.finished,
-            "copied": self.copied[0] if len(self.copied) == 1 else self.copied,
-            "grounded": self.grounded[0] if len(self.grounded) == 1 else self.grounded,
-            **output_fields(self.completions, self.format_ok, self.rate_mass),
+            "finished": one(d.finished),
+            "copied": one(d.copied),
+            "grounded": one(d.grounded),
+            **d.json_fields(),
         }
-        return row
 
 
 @dataclass
@@ -103,7 +97,7 @@ class EvalResult:
         """Metrics of the decoded predictions, or with `greedy` of each greedy completion's own rating
         (expected mode decodes greedily first, so one pass scores both)."""
         return metrics.rating_metrics(
-            [r.greedy if greedy else r.prediction for r in self.rows],
+            [r.decoded.greedy if greedy else r.decoded.prediction for r in self.rows],
             [r.target for r in self.rows],
             [r.fallback for r in self.rows],
             self.scale,
@@ -155,17 +149,10 @@ def evaluate(
                 user=row.user,
                 item=row.item,
                 target=float(features[i]["target"]),
-                prediction=d.prediction,
                 fallback=float(features[i]["fallback"]),
                 history_len=int(features[i]["history_len"]),
                 user_count=int(dm.table.user_count[pos]),
-                completions=d.completions,
-                format_ok=d.format_ok,
-                finished=d.finished,
-                rate_mass=d.rate_mass,
-                copied=d.copied,
-                grounded=d.grounded,
-                greedy=d.greedy,
+                decoded=d,
             )
         bar.update(len(chunk))
     bar.close()
@@ -181,18 +168,18 @@ def summarize(result: EvalResult, **meta) -> dict:
     """The metrics JSON (`kind: evaluate`), `meta` (name, split, decoding, model, data...) included."""
     m = result.rating_metrics()
     rows = result.rows
-    flags = [ok for r in rows for ok in r.format_ok]
-    done = [f for r in rows for f in r.finished]
+    flags = [ok for r in rows for ok in r.decoded.format_ok]
+    done = [f for r in rows for f in r.decoded.finished]
     values = {k: _finite(v) for k, v in m.to_dict().items() if not k.startswith("mae_target_")}
     values["count"], values["parsed"] = m.count, m.parsed
     values["fallbacks"] = m.count - m.parsed
     values["format_rate"] = sum(flags) / len(flags)
     values["finished_rate"] = sum(done) / len(done)
-    copied = [c for r in rows for c in r.copied]
-    grounded = [g for r in rows for g in r.grounded]
+    copied = [c for r in rows for c in r.decoded.copied]
+    grounded = [g for r in rows for g in r.decoded.grounded]
     values["copy_rate"] = sum(copied) / len(copied) if copied else None
     values["grounded_rate"] = sum(grounded) / len(grounded) if grounded else None
-    masses = [r.rate_mass for r in rows if r.rate_mass is not None]
+    masses = [r.decoded.rate_mass for r in rows if r.decoded.rate_mass is not None]
     if masses:
         values["rate_mass_mean"] = sum(masses) / len(masses)
     history = [metrics.bucket_label(r.history_len, HISTORY_EDGES) for r in rows]
@@ -207,7 +194,7 @@ def summarize(result: EvalResult, **meta) -> dict:
         out["expected_values"] = result.expected_values
         greedy = result.rating_metrics(greedy=True)
         out["metrics_greedy"] = {k: _finite(v) for k, v in greedy.to_dict().items() if not k.startswith("mae_target_")}
-        out["scored_greedy"] = [r.fallback if r.greedy is None else r.greedy for r in rows]
+        out["scored_greedy"] = [r.fallback if r.decoded.greedy is None else r.decoded.greedy for r in rows]
     # per sample, in one order: what `reczero report` pairs methods on (paired bootstrap intervals)
     out["sample_keys"] = [r.key for r in rows]
     out["targets"] = [r.target for r in rows]
