@@ -30,14 +30,50 @@ ADVANTAGE_SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("token_mean", "sequence_mean", "dr_grpo")
 
 
+class _TokenLogprobs(torch.autograd.Function):
+    """`token_logprobs` on flattened [M, V] logits, a chunk of rows at a time, in float32.
+
+    Only the logits themselves (which the caller holds anyway) and the [M] log-sum-exps are kept for
+    the backward pass, which recomputes each chunk's softmax: no float32 copy of [M, V] stays alive.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, tokens, temperature: float):  # [M, V], [M]
+        rows = max(1, 2**24 // max(1, logits.shape[-1]))  # 64 MiB of float32 logits per chunk
+        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)  # [M]
+        lse = torch.empty_like(out)  # [M]
+        for start in range(0, logits.shape[0], rows):
+            z = logits[start : start + rows].float() / temperature  # [c, V]
+            lse[start : start + rows] = torch.logsumexp(z, dim=-1)
+            picked = z.gather(-1, tokens[start : start + rows, None]).squeeze(-1)  # [c]
+            out[start : start + rows] = picked - lse[start : start + rows]
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature, ctx.rows = temperature, rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # grad [M]
+        logits, tokens, lse = ctx.saved_tensors
+        t, rows = ctx.temperature, ctx.rows
+        out = torch.empty_like(logits)  # [M, V]
+        for start in range(0, logits.shape[0], rows):
+            end = start + rows
+            # d(z_token - lse)/dz = onehot - softmax(z), and dz/dlogits = 1 / T
+            probs = (logits[start:end].float() / t).sub_(lse[start:end, None]).exp_()  # [c, V]
+            g = grad[start:end, None] / t  # [c, 1]
+            chunk = probs.mul_(-g).scatter_add_(-1, tokens[start:end, None], g)  # [c, V]
+            out[start:end] = chunk.to(logits.dtype)
+        return out, None, None
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Log-probability of each sampled token under ``softmax(logits / temperature)``: [N, T] float32.
 
     logits [N, T, V]: the logits that predict `tokens` [N, T] (already shifted by the caller).
-    Computed as ``logit[token] - logsumexp(logits)`` one row at a time, in float32: no full
-    log-softmax copy of [N, T, V] is materialised, only one [T, V] float32 row at a time
-    (autograd still keeps what logsumexp needs for backward). Dividing by the sampling
-    temperature makes these the log-probs of the distribution the completions were drawn from.
+    Computed as ``logit[token] - logsumexp(logits)`` in float32, a chunk of positions at a time; for
+    backward only the logits and the [N, T] log-sum-exps are kept (`_TokenLogprobs`), so bf16 logits
+    never get a float32 copy of their full size. Dividing by the sampling temperature makes these
+    the log-probs of the distribution the completions were drawn from.
     """
     if logits.dim() != 3 or tokens.shape != logits.shape[:2]:
         raise ValueError(
@@ -45,16 +81,11 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
         )
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    rows = []
-    for row_logits, row_tokens in zip(logits, tokens):  # [T, V], [T]
-        row = row_logits.float()
-        if temperature != 1.0:
-            row = row / temperature
-        picked = row.gather(-1, row_tokens.long().unsqueeze(-1)).squeeze(-1)  # [T]
-        rows.append(picked - torch.logsumexp(row, dim=-1))  # [T]
-    if not rows:
+    if logits.shape[0] * logits.shape[1] == 0:
         return logits.new_zeros(tokens.shape, dtype=torch.float32)
-    return torch.stack(rows)  # [N, T]
+    flat = logits.reshape(-1, logits.shape[-1])  # [N * T, V]
+    out = _TokenLogprobs.apply(flat, tokens.reshape(-1).long(), float(temperature))  # [N * T]
+    return out.reshape(tokens.shape)  # [N, T]
 
 
 def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
