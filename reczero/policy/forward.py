@@ -78,7 +78,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         return (grad[:, None] * jac).to(ctx.hidden_dtype), None, None, None, None
 
 
-def _causal_lm(model):
+def causal_lm(model):
     """The transformers model inside a PEFT policy (or `model` itself)."""
     from reczero.policy.factory import unwrap_policy
 
@@ -92,7 +92,7 @@ def fused_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     """(decoder, LM head) where log-probs may be computed from the decoder's hidden states with the
     head's weight; None where the model's own forward must make the logits (a trainable, LoRA'd,
     quantised or sharded head, or a head that scales or softcaps its logits)."""
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     get_decoder, get_head = getattr(lm, "get_decoder", None), getattr(lm, "get_output_embeddings", None)
     if get_decoder is None or get_head is None:
         return None

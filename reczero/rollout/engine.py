@@ -1,8 +1,9 @@
 """Batched sampling with a shared prompt prefill: the rollout engine.
 
 GRPO samples G completions of every prompt. Instead of repeating each prompt G times, we prefill
-every prompt ONCE, then repeat its KV cache G times (prompt-major: rows b*G .. b*G+G-1 belong to
-prompt b) and decode all B*G rows together. Logits are computed only for the last position, rows
+every prompt ONCE and decode all B*G rows together (prompt-major: rows b*G .. b*G+G-1 belong to
+prompt b). On the CPU the prompt's KV cache stays single and each step's attention reads it once per
+prompt (`kv_cache.SharedPrefixLayer`); elsewhere it is repeated G times into an in-place buffer. Logits are computed only for the last position, rows
 that have finished (EOS or a stop string such as `</rate>`) are dropped from the batch, and decoding
 ends as soon as every row has ended. Sampling uses an explicit `torch.Generator` so a resumed run
 draws the same numbers.
@@ -10,12 +11,13 @@ draws the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
-from reczero.policy.forward import _CACHE_KWARG, _cache_of
-from reczero.rollout.kv_cache import preallocate
+from reczero.policy.forward import _CACHE_KWARG, _cache_of, causal_lm
+from reczero.rollout.kv_cache import preallocate, share_prefix, shared_prefix_decoding
 
 
 @dataclass
@@ -133,13 +135,16 @@ def generate(
     generator: torch.Generator | None = None,
     inplace_cache: bool = True,
     watch: Watch | None = None,
+    shared_prefix: bool | None = None,
 ) -> Generation:
     """Sample `num_samples` completions of each left-padded prompt (`input_ids [B, P]`).
 
     The model must be in eval mode (the caller owns train/eval switching). `inplace_cache` decodes
     into a preallocated KV cache (`kv_cache.PreallocatedLayer`) instead of transformers' concatenating
     one; False is kept for benchmarks and equality tests. `watch` records rating distributions
-    (`Watch`, `Generation.watched`).
+    (`Watch`, `Generation.watched`). `shared_prefix` keeps each prompt's KV once
+    (`kv_cache.SharedPrefixLayer`); None means on the CPU, for sdpa / eager attention and plain
+    caches (it falls back to the repeated cache otherwise).
     """
     device = input_ids.device
     batch, width = input_ids.shape
@@ -160,10 +165,16 @@ def generate(
     )
     cache = _cache_of(out)
     logits = out.logits[:, -1, :]  # [B, V]
-    # share the prefill: repeat each prompt's cache G times, prompt-major
-    if inplace_cache:
+    config = causal_lm(model).config
+    if shared_prefix is None:
+        shared_prefix = device.type == "cpu" and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+    shared = (
+        inplace_cache and shared_prefix and share_prefix(cache, attention_mask, sampling.max_new_tokens, num_samples)
+    )
+    # otherwise share the prefill by repeating each prompt's cache G times, prompt-major
+    if not shared and inplace_cache:
         preallocate(cache, capacity=width + sampling.max_new_tokens, repeats=num_samples)
-    elif num_samples > 1:
+    elif not shared and num_samples > 1:
         cache.batch_repeat_interleave(num_samples)
     if num_samples > 1:
         logits = logits.repeat_interleave(num_samples, dim=0)  # [N, V]
@@ -201,13 +212,15 @@ def generate(
             if watch is not None:
                 at_tag = at_tag[keep]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [A, P + step + 1]
-        out = model(
-            input_ids=new[:, None],
-            attention_mask=mask,
-            position_ids=next_pos,
-            use_cache=True,
-            **{_CACHE_KWARG: cache},
-        )
+        # the shared-prefix attention needs no mask: its layers hold the prompts' padding
+        with shared_prefix_decoding(config, cache) if shared else contextlib.nullcontext():
+            out = model(
+                input_ids=new[:, None],
+                attention_mask=None if shared else mask,
+                position_ids=next_pos,
+                use_cache=True,
+                **{_CACHE_KWARG: cache},
+            )
         cache = _cache_of(out)
         logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
