@@ -74,10 +74,12 @@ train-recone: install ## RecOne in one go: coldstart (resumes; done once NUM_TRA
 	$(BIN)/reczero fit --config $(RECONE_CONFIG) $(ARGS)
 
 ML100K ?= ../shared/data/ml-100k
+BENCH_ARGS ?=
 
 ml100k: install ## RecZero and RecOne on ML-100K end to end (baselines, traces, SFT, GRPO, evaluation, report); ML100K=path
 	benchmarks/ml100k_pipeline.sh $(ML100K)
 
-bench: install ## GRPO step, reczero vs TRL GRPOTrainer side by side (installs the bench extra: TRL); ML100K=path
+bench: install ## reczero vs TRL's GRPOTrainer, one GRPO step: fp32 (and bf16 where native), 3 alternating runs, memory; ML100K=path BENCH_ARGS=...
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python benchmarks/grpo_step.py --path $(ML100K)
+	$(BIN)/python benchmarks/memory.py --path $(ML100K)
+	$(BIN)/python benchmarks/grpo_step.py --path $(ML100K) $(BENCH_ARGS)

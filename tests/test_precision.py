@@ -28,6 +28,14 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert precision.cpu_bf16_flags(tmp_path / "missing") == ()
 
 
+def test_the_last_level_cache_is_read_from_sysfs(tmp_path):
+    for index, size in enumerate(["48K", "2048K", "266240K", "junk"]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    assert precision.last_level_cache_bytes(tmp_path) == 266240 * 2**10
+    assert precision.last_level_cache_bytes(tmp_path / "missing") == 0
+
+
 @pytest.mark.parametrize(
     ("flags", "speedups", "expected"),
     [

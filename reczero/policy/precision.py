@@ -2,21 +2,20 @@
 
 On CUDA, `auto` is bf16 where the GPU supports it (else fp16). On the CPU it depends on the chip:
 without AVX512-BF16 or AMX, bf16 matmuls are emulated and many times slower than fp32; with AMX they
-are several times faster; with AVX512-BF16 alone it varies (on this project's 2-core CPU a training
-GEMM ran slower in bf16 and a decode step's matmuls only slightly faster). So `cpu_choice()` reads
-the CPU flags and, where bf16 is native, times the two kinds of matmul a GRPO step is made of, in
-both dtypes: a decode step's (8 rows against weights streamed from memory) and a training GEMM's.
-bf16 is chosen only if it wins both by 10%; the choice is made once per process and logged with its
-reasons. `RECZERO_CPU_DTYPE=float32|bfloat16` pins it instead (the tests do; so should a run that
-must resume bit for bit on a machine where the probe could land either way). Under bf16 the frozen base weights are stored in bf16, the LoRA weights, their optimizer
-state and the log-softmax stay float32 (peft keeps adapters in float32 by default).
-"""
+are usually much faster; with AVX512-BF16 alone it varies with the kind of matmul and the thread
+count. So `cpu_choice()` reads the CPU flags and, where bf16 is native, times the two kinds of matmul
+a GRPO step is made of, in both dtypes, at the threads the run uses: a decode step's (8 rows against
+weights streamed from memory, more than the last-level cache holds) and a training GEMM's. bf16 is
+chosen only if it wins both by 10%; the choice is made once per process and logged with its reasons.
+`RECZERO_CPU_DTYPE=float32|bfloat16` pins it instead (the tests do; so should a run that must resume
+bit for bit on a machine where the probe could land either way). Under bf16 the frozen base weights
+are stored in bf16; the LoRA weights, their optimizer state and the log-softmax stay float32 (peft
+keeps adapters in float32 by default)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ log = logging.getLogger(__name__)
 
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of bf16 matmul instructions
 PIN_VARIABLE = "RECZERO_CPU_DTYPE"
-_PROBE_BYTES = 32 * 2**20  # float32 weights streamed per decode probe: more than a CPU cache holds
+_PROBE_BYTES = (64 * 2**20, 512 * 2**20)  # float32 weights a decode probe streams: at least, at most
+_CACHE_INFO = Path("/sys/devices/system/cpu/cpu0/cache")
 
 
 @dataclass(frozen=True)
@@ -54,24 +54,41 @@ def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, ...]:
     return tuple(f for f in NATIVE_BF16_FLAGS if f in flags)
 
 
-def _alternating_speedup(runs: dict[str, callable], rounds: int = 5) -> float:
-    """Median over rounds of (float32 seconds / bfloat16 seconds); the order alternates each round
-    so that a busy spell of the machine hits both, and the first round only warms up."""
-    ratios = []
+def _alternating_speedup(runs: dict[str, callable], rounds: int = 9) -> float:
+    """float32 seconds / bfloat16 seconds, each dtype's fastest round (other jobs on the machine only
+    ever add time); the order alternates each round and the first round only warms up."""
+    best = {name: float("inf") for name in runs}
     for round_ in range(rounds):
-        seconds = {}
         for name in sorted(runs, reverse=bool(round_ % 2)):
             start = time.perf_counter()
             runs[name]()
-            seconds[name] = time.perf_counter() - start
-        ratios.append(seconds["float32"] / seconds["bfloat16"])
-    return statistics.median(ratios[1:])
+            if round_:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best["float32"] / best["bfloat16"]
+
+
+def last_level_cache_bytes(cache_info: str | Path = _CACHE_INFO) -> int:
+    """Size of the CPU's largest cache (Linux sysfs); 0 where it cannot be read."""
+    sizes = []
+    for size in Path(cache_info).glob("index*/size"):
+        text = size.read_text().strip().upper()
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        try:
+            sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+        except ValueError:
+            continue
+    return max(sizes, default=0)
 
 
 def probe_bf16_speedups() -> tuple[float, float]:
-    """(decode, train) speed of bf16 relative to fp32 matmuls on this CPU, at the current threads."""
+    """(decode, train) speed of bf16 relative to fp32 matmuls on this CPU, at the current threads.
+
+    The decode probe streams more float32 weights than the last-level cache holds (as a model's
+    weights are streamed at every decode step), within `_PROBE_BYTES`."""
+    low, high = _PROBE_BYTES
+    nbytes = min(high, max(low, 3 * last_level_cache_bytes() // 2))
     gen = torch.Generator().manual_seed(0)
-    weights32 = [torch.randn(1024, 1024, generator=gen) for _ in range(_PROBE_BYTES // (1024 * 1024 * 4))]
+    weights32 = [torch.full((1024, 1024), 0.5) for _ in range(nbytes // (1024 * 1024 * 4))]
     x32 = torch.randn(8, 1024, generator=gen)
     a32, b32 = torch.randn(256, 1024, generator=gen), torch.randn(1024, 1024, generator=gen)
     weights16 = [w.bfloat16() for w in weights32]

@@ -32,9 +32,9 @@ def transposed_is_faster(weights: list[torch.Tensor]) -> bool:
     copy ([in, out] contiguous, used through its `.t()` view) than from the usual [out, in] layout.
 
     Timed once per process for each set of shapes and dtype, on (up to 64 MiB of) the weights
-    themselves, the two layouts alternating over 9 rounds and the median ratio deciding. On this
-    project's CPU MKL's fp32 kernels ran the LM head's matmul ~1.7x faster transposed while other
-    shapes, thread counts and bf16 varied either way, so the layout is measured, never assumed.
+    themselves, the two layouts alternating over 9 rounds and the median ratio deciding. Which layout
+    wins depends on the BLAS kernels, the shape, the dtype and the thread count (the README's
+    performance section has what it found here), so the layout is measured, never assumed.
     """
     key = (weights[0].dtype, tuple(tuple(w.shape) for w in weights))
     if key in _LAYOUT_CHOICES:
