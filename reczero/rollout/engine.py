@@ -3,9 +3,9 @@
 GRPO samples G completions of every prompt. Instead of repeating each prompt G times, we prefill
 every prompt ONCE and decode all B*G rows together (prompt-major: rows b*G .. b*G+G-1 belong to
 prompt b). On the CPU the prompt's KV cache stays single and each step's attention reads it once per
-prompt (`kv_cache.SharedPrefixLayer`); elsewhere it is repeated G times into an in-place buffer. Logits are computed only for the last position, rows
-that have finished (EOS or a stop string such as `</rate>`) are dropped from the batch, and decoding
-ends as soon as every row has ended. Sampling uses an explicit `torch.Generator` so a resumed run
+prompt (`kv_cache.SharedPrefixLayer`); elsewhere it is repeated G times into an in-place buffer.
+Logits are computed only for the last position, rows that have finished (EOS or a stop string such
+as `</rate>`) are dropped from the batch, and decoding ends as soon as every row has ended. Sampling uses an explicit `torch.Generator` so a resumed run
 draws the same numbers.
 """
 
