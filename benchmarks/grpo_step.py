@@ -3,7 +3,7 @@
     pip install -e '.[bench]'        # TRL 1.16.0 (never a dependency of reczero itself)
     python benchmarks/grpo_step.py --path ../shared/data/ml-100k [--runs 3] [--steps 3] [--warmup 1]
         [--precisions fp32,bf16] [--workloads shaped,strict] [--trl-variant default]
-    python benchmarks/grpo_step.py --explore-trl default,no_checkpointing,static_cache,paged  # TRL options
+    python benchmarks/grpo_step.py --explore-trl default,no_checkpointing,static_cache,continuous_batching  # TRL options
 
 Each engine runs in its own process (peak RSS is each one's own), with the same settings: the
 bundled SmolLM2-135M-Instruct, LoRA r=16 / alpha 32 on all linear layers, one prompt per step, G=8
@@ -46,7 +46,7 @@ TRL_VARIANTS = {
     "default": {},
     "no_checkpointing": {"gradient_checkpointing": False},
     "static_cache": {"cache_implementation": "static"},
-    "paged": {"use_transformers_paged": True},
+    "continuous_batching": {"use_transformers_continuous_batching": True},
     "bf16_weights": {},  # the model loaded in bf16 (with bf16=True): meaningful in bf16 only
 }
 
@@ -215,7 +215,7 @@ def run_trl(path: str, steps: int, precision: str, shaping: float, variant: str,
         callbacks=[Timer()],
     )  # fmt: skip
     inner = trainer.model
-    for name in ("generate", "generate_batch"):  # the default path, and the paged (continuous batching) one
+    for name in ("generate", "generate_batch"):  # the default path, and the continuous-batching one
         original = getattr(inner, name, None)
         if original is None:
             continue
@@ -294,13 +294,20 @@ def launch(args, engine: str, precision: str, workload: str, variant: str) -> di
 def machine() -> dict:
     import torch
 
-    from reczero.policy.precision import cpu_bf16_flags
+    from reczero.policy import precision
 
     model = next(
         (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
         platform.processor(),
     )
-    return {"cpu": model, "cores": os.cpu_count(), "bf16_flags": list(cpu_bf16_flags()), "torch": torch.__version__}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "bf16_flags": list(precision.cpu_bf16_flags()),
+        "last_level_cache_mib": precision.last_level_cache_bytes() / 2**20,
+        "dtype_auto": precision.cpu_choice().reason,  # what `dtype: auto` picks here, at this process's threads
+        "torch": torch.__version__,
+    }
 
 
 def compare(args, workload: str, precision: str, variant: str) -> dict:

@@ -143,8 +143,8 @@ def generate(
     into a preallocated KV cache (`kv_cache.PreallocatedLayer`) instead of transformers' concatenating
     one; False is kept for benchmarks and equality tests. `watch` records rating distributions
     (`Watch`, `Generation.watched`). `shared_prefix` keeps each prompt's KV once
-    (`kv_cache.SharedPrefixLayer`); None means on the CPU, for sdpa / eager attention and plain
-    caches (it falls back to the repeated cache otherwise).
+    (`kv_cache.SharedPrefixLayer`); None means on the CPU, with more than one sample per prompt, for
+    sdpa / eager attention and plain caches (it falls back to the repeated cache otherwise).
     """
     device = input_ids.device
     batch, width = input_ids.shape
@@ -165,11 +165,15 @@ def generate(
     )
     cache = _cache_of(out)
     logits = out.logits[:, -1, :]  # [B, V]
-    config = causal_lm(model).config
-    if shared_prefix is None:
-        shared_prefix = device.type == "cpu" and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+    config = getattr(causal_lm(model), "config", None)  # None: not a transformers model (a test's stand-in)
+    if shared_prefix is None:  # one sample per prompt shares nothing, and would pay a loop over the prompts
+        attention = getattr(config, "_attn_implementation", None)
+        shared_prefix = device.type == "cpu" and num_samples > 1 and attention in ("sdpa", "eager")
     shared = (
-        inplace_cache and shared_prefix and share_prefix(cache, attention_mask, sampling.max_new_tokens, num_samples)
+        inplace_cache
+        and shared_prefix
+        and config is not None
+        and share_prefix(cache, attention_mask, sampling.max_new_tokens, num_samples)
     )
     # otherwise share the prefill by repeating each prompt's cache G times, prompt-major
     if not shared and inplace_cache:
