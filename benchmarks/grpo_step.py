@@ -366,6 +366,20 @@ def table(name: str, block: dict) -> str:
     return "\n".join(lines)
 
 
+def best_trl_variant(precision: str, path: Path = RESULTS / "trl_variants.json") -> str:
+    """The TRL variant with the most trained tokens/s at `precision` in an `--explore-trl` result."""
+    if not path.exists():
+        raise SystemExit(f"--trl-variant best needs {path}: run --explore-trl first")
+    timed = {
+        key.split("/", 1)[1]: row["trained_tokens_per_s"]
+        for key, row in json.loads(path.read_text())["variants"].items()
+        if key.startswith(precision + "/") and "error" not in row
+    }
+    if not timed:
+        raise SystemExit(f"{path} has no working {precision} variant")
+    return max(timed, key=timed.get)
+
+
 def explore_trl(args) -> None:
     """Each TRL variant once per precision (shaped workload), to pick TRL's best CPU configuration."""
     out: dict = {
@@ -398,7 +412,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="runs per engine, alternating; medians pool their steps")
     ap.add_argument("--precisions", default="fp32,bf16" if cpu_bf16_flags() else "fp32")
     ap.add_argument("--workloads", default="shaped,strict")
-    ap.add_argument("--trl-variant", default="default", choices=sorted(TRL_VARIANTS), help="TRL configuration")
+    ap.add_argument(
+        "--trl-variant",
+        default="default",
+        choices=[*sorted(TRL_VARIANTS), "best"],
+        help="TRL configuration; best: per precision, the fastest in trl_variants.json (--explore-trl)",
+    )
     ap.add_argument("--explore-trl", default=None, help="comma-separated TRL variants to time instead")
     ap.add_argument("--max-new-tokens", type=int, default=MAX_NEW, help="per completion (lower: a quick check only)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in both engines (0: torch's default)")
@@ -428,7 +447,7 @@ def main() -> None:
     }
     for workload in args.workloads.split(","):
         for precision in args.precisions.split(","):
-            variant = args.trl_variant
+            variant = best_trl_variant(precision) if args.trl_variant == "best" else args.trl_variant
             if variant == "bf16_weights" and precision == "fp32":
                 variant = "default"
             name = f"{workload} reward, {precision}, TRL {variant}"
