@@ -366,6 +366,13 @@ def table(name: str, block: dict) -> str:
     return "\n".join(lines)
 
 
+def header(args) -> dict:
+    """What a results file records besides the results: the machine, the command, the settings."""
+    keys = ("runs", "steps", "warmup", "trl_variant", "max_new_tokens")
+    settings = {key: getattr(args, key) for key in keys} | {"threads": args.threads or "default"}
+    return {"machine": machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]), "settings": settings}
+
+
 def best_trl_variant(precision: str, path: Path = RESULTS / "trl_variants.json") -> str:
     """The TRL variant with the most trained tokens/s at `precision` in an `--explore-trl` result."""
     if not path.exists():
@@ -382,14 +389,7 @@ def best_trl_variant(precision: str, path: Path = RESULTS / "trl_variants.json")
 
 def explore_trl(args) -> None:
     """Each TRL variant once per precision (shaped workload), to pick TRL's best CPU configuration."""
-    out: dict = {
-        "machine": machine(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "threads": args.threads or "default",
-        "variants": {},
-    }
+    out: dict = {**header(args), "variants": {}}
     for precision in args.precisions.split(","):
         for variant in args.explore_trl.split(","):
             if variant == "bf16_weights" and precision != "bf16":
@@ -432,19 +432,7 @@ def main() -> None:
     if args.explore_trl:
         explore_trl(args)
         return
-    out = {
-        "machine": machine(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "settings": {
-            "runs": args.runs,
-            "steps": args.steps,
-            "warmup": args.warmup,
-            "trl_variant": args.trl_variant,
-            "max_new_tokens": args.max_new_tokens,
-            "threads": args.threads or "default",
-        },
-        "results": {},
-    }
+    out = {**header(args), "results": {}}
     for workload in args.workloads.split(","):
         for precision in args.precisions.split(","):
             variant = best_trl_variant(precision) if args.trl_variant == "best" else args.trl_variant
