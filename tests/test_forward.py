@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_grpo_module import GOOD, SCRIPT, _prompt_batch, _scripted_generation
-from tiny import make_tiny_llama, perturb_lora
+from test_grpo_module import GOOD, SCRIPT, _prompt_batch
+from tiny import make_tiny_llama, perturb_lora, scripted_generation
 
 from reczero import rewards
 from reczero.data.schema import SCALES
@@ -28,7 +28,7 @@ def _policy(tokenizer, dtype: torch.dtype, **lora):
 def _record(tokenizer, prompts: int = 2):
     batch = _prompt_batch(tokenizer, prompts)
     texts = TEXTS[: 4 * prompts]
-    gen = _scripted_generation(tokenizer, texts, [True] * len(texts))
+    gen = scripted_generation(tokenizer, texts, [True] * len(texts))
     return record_from_generation(batch, gen, RolloutConfig(group_size=4), rewards.RewardSpec(), SCALES["1-5"])
 
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from test_grpo_module import GOOD, SCRIPT, _prompt_batch, _scripted_generation
-from tiny import make_tiny_llama, perturb_lora
+from test_grpo_module import GOOD, SCRIPT, _prompt_batch
+from tiny import make_tiny_llama, perturb_lora, scripted_generation
 
 from reczero import grpo, rewards
 from reczero.data.schema import SCALES
@@ -88,7 +88,7 @@ def test_a_bf16_policy_trains_float32_lora_weights(tiny_tokenizer):
     assert lora and all(p.dtype == torch.float32 for p in lora.values())
     assert all(p.dtype == torch.bfloat16 for p in frozen)
     batch = _prompt_batch(tiny_tokenizer, 1)
-    gen = _scripted_generation(tiny_tokenizer, SCRIPT, [True] * 4)
+    gen = scripted_generation(tiny_tokenizer, SCRIPT, [True] * 4)
     record = record_from_generation(batch, gen, RolloutConfig(group_size=4), rewards.RewardSpec(), SCALES["1-5"])
     logp = shared_prefix_logprobs(policy, record, slice(0, 4), 1.0)
     assert logp.dtype == torch.float32
@@ -99,17 +99,19 @@ def test_a_bf16_policy_trains_float32_lora_weights(tiny_tokenizer):
 
 
 def test_bf16_micro_batches_accumulate_to_the_full_batch_gradient(tiny_tokenizer):
-    """As `test_grpo_module.test_micro_batches_accumulate_to_the_full_batch_gradient`, on a bf16 base:
-    equal up to bf16 rounding (the two layouts round differently), per loss type."""
+    """Micro-batches that divide by the whole batch's denominator (as `training_step` does) add up to the
+    whole batch's gradient on a bf16 base: equal up to bf16 rounding (the two layouts round
+    differently), per loss type."""
     policy = _bf16_policy(tiny_tokenizer)
     batch = _prompt_batch(tiny_tokenizer, 2)
     texts = SCRIPT + [GOOD.format(3), "x", GOOD.format(1), GOOD.format(4) + " trailing"]
-    gen = _scripted_generation(tiny_tokenizer, texts, [True] * 8)
+    gen = scripted_generation(tiny_tokenizer, texts, [True] * 8)
     record = record_from_generation(batch, gen, RolloutConfig(group_size=4), rewards.RewardSpec(), SCALES["1-5"])
     for loss_type in grpo.LOSS_TYPES:
         module = GRPOModule(loss=grpo.GRPOLossConfig(loss_type=loss_type), micro_batch_size=4)
         module.policy = policy
         mask = module._loss_mask(record)
+        whole = grpo.loss_denominator(mask, loss_type, mask.shape[1]).clamp(min=1)  # every part divides by it
         grads = []
         for chunks in ([slice(0, 8)], [slice(0, 4), slice(4, 8)]):
             policy.zero_grad()
@@ -121,8 +123,9 @@ def test_bf16_micro_batches_accumulate_to_the_full_batch_gradient(tiny_tokenizer
                     record.advantages[rows],
                     cfg=module.loss_config,
                     max_completion_length=mask.shape[1],
+                    denominator=whole,
                 )
-                (loss * module._chunk_weight(record, rows, mask)).backward()
+                loss.backward()
             grads.append([p.grad.clone() for p in policy.parameters() if p.requires_grad])
         for full, accumulated in zip(*grads):
             scale = float(full.abs().max())

@@ -127,7 +127,7 @@ def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return values.new_zeros(mask.shape).masked_scatter(mask, values)
 
 
-def completion_logprobs(model, record, rows: slice, temperature: float) -> torch.Tensor:
+def completion_logprobs(model, record, rows: slice | torch.Tensor, temperature: float) -> torch.Tensor:
     """Log-probs of the completion tokens of `rows`: [n, C], 0 after each completion's end.
 
     Each row runs whole (prompt + completion); only the positions that predict a real completion
@@ -188,7 +188,9 @@ def _cost_weights(decoder) -> tuple[float, float]:
     return 2.0 * per_layer, 4.0 * heads * head_dim
 
 
-def shared_prefix_logprobs(model, record, rows: slice, temperature: float, lanes: int | None = None) -> torch.Tensor:
+def shared_prefix_logprobs(
+    model, record, rows: slice | torch.Tensor, temperature: float, lanes: int | None = None
+) -> torch.Tensor:
     """Same result as `completion_logprobs`, running each group's shared prompt ONCE (with gradients).
 
     `rows` must cover whole groups. The prompt's KV cache is computed for the n / G distinct prompts,
