@@ -107,16 +107,17 @@ def preallocate(cache, capacity: int, repeats: int = 1) -> int:
     return replaced
 
 
-class SharedPrefixLayer(DynamicLayer):
+class SharedPrefixLayer(PreallocatedLayer):
     """Prompt keys / values `[k, H, P, D]` held once, plus a `[N, H, capacity, D]` in-place buffer
     of the sampled tokens' keys / values (N = k * repeats rows, prompt-major, as the engine lays
-    them out). `keys` / `values` expose the sampled part only; `attend` adds the prompt part."""
+    them out): a PreallocatedLayer of the sampled part, which `keys` / `values` expose; `attend`
+    adds the prompt part."""
 
     def __init__(
         self, keys: torch.Tensor, values: torch.Tensor, prompt_mask: torch.Tensor, capacity: int, repeats: int
     ) -> None:
         """`keys` / `values` `[k, H, P, D]` from the prefill, `prompt_mask` [k, P] (1 on real tokens)."""
-        super().__init__()
+        DynamicLayer.__init__(self)  # the buffers below start empty, not from `keys`
         k, heads, _, dim = keys.shape
         self.prefix_keys_t = keys.transpose(-1, -2).contiguous()  # [k, H, D, P]: ready for q @ k.T
         self.prefix_values = values
@@ -142,30 +143,18 @@ class SharedPrefixLayer(DynamicLayer):
                 self.spans.append((prompt, start, start + count))
                 start += count
 
-    def _expose(self) -> None:
-        self.keys = self._k[:, :, : self.length]
-        self.values = self._v[:, :, : self.length]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        end = self.length + key_states.shape[-2]
-        if end > self._k.shape[-2]:
-            grow = max(end, 2 * self._k.shape[-2]) - self._k.shape[-2]
-            self._k = torch.cat([self._k, self._k.new_empty(*self._k.shape[:2], grow, self._k.shape[3])], dim=2)
-            self._v = torch.cat([self._v, self._v.new_empty(*self._v.shape[:2], grow, self._v.shape[3])], dim=2)
-        self._k[:, :, self.length : end] = key_states
-        self._v[:, :, self.length : end] = value_states
-        self.length = end
-        self._expose()
-        return self.keys, self.values
-
     def get_seq_length(self) -> int:
         return self.prefix_values.shape[2] + self.length
 
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self.row_prompt = self.row_prompt.repeat_interleave(repeats)
+        self._split()
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._k, self._v = self._k[indices], self._v[indices]
+        super().batch_select_indices(indices)
         self.row_prompt = self.row_prompt[indices]
         self._split()
-        self._expose()
 
     def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
         """Attention of one new token per row: query [A, Hq, 1, D] over its prompt's keys and its own
