@@ -43,6 +43,7 @@ def test_the_last_level_cache_is_read_from_sysfs(tmp_path):
         (("amx_bf16", "avx512_bf16"), (1.8, 4.0), torch.bfloat16),
         (("avx512_bf16",), (1.3, 0.85), torch.float32),  # faster decode, slower training: not both
         (("avx512_bf16",), (1.05, 1.5), torch.float32),
+        (("avx512_bf16",), (1.2, 1.2), torch.float32),  # faster, but not by the margin
     ],
 )
 def test_cpu_choice_needs_native_bf16_that_wins_both_probes(monkeypatch, flags, speedups, expected):
