@@ -12,7 +12,8 @@ DATA=${1:-../shared/data/ml-100k}
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-benchmarks/results/ml100k}
 RUNS=checkpoints  # where configs/ml100k*.yaml write their runs
-TRACES=${TRACES:-1000}
+TRACES=${TRACES:-512}
+BUDGET=128  # one token budget: rollouts, validation and test (configs/ml100k*.yaml), above the traces' p99
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
@@ -31,13 +32,13 @@ evaluate() {  # evaluate NAME CONFIG DECODING [--adapter DIR]
   local name=$1 config=$2 decoding=$3; shift 3
   stage "evaluate $name" "$OUT/$name.metrics.json" \
     $PY -m reczero evaluate --config "$config" "${data[@]}" --split test --decode.mode="$decoding" \
-      --decode.max_new_tokens=160 --name "$name" --output "$OUT/$name.jsonl" --no-progress "$@"
+      --decode.max_new_tokens=$BUDGET --name "$name" --output "$OUT/$name.jsonl" --no-progress "$@"
 }
 
 stage baselines "$OUT/baselines.json" \
   $PY -m reczero baselines --config configs/ml100k-sft.yaml "${data[@]}" --output "$OUT/baselines.json"
 stage coldstart "$RUNS/traces-ml100k.jsonl.done" bash -c "
-  $PY -m reczero coldstart --config configs/ml100k-sft.yaml ${data[*]} --teacher template --num-traces $TRACES \
+  $PY -m reczero coldstart --config configs/ml100k-sft.yaml ${data[*]} --teacher template --num-traces $TRACES --tolerance 4 \
   && touch $RUNS/traces-ml100k.jsonl.done"
 stage sft "$RUNS/sft-ml100k/adapter" \
   $PY -m reczero fit --config configs/ml100k-sft.yaml "${data[@]}" $(resume "$RUNS/sft-ml100k")

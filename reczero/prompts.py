@@ -283,6 +283,102 @@ def copy_sources(scale: RatingScale, example: str | None = None, tags: tuple[str
     return tuple(sources)
 
 
+# -- the compact, numbers-first prompt (`PromptConfig.style: compact`) ------------------------------
+@dataclass(frozen=True)
+class Scores:
+    """The numbers a compact prompt states and its match step adds, each to one decimal.
+
+    An average resting on few ratings is pulled toward the typical rating (shrinkage):
+    ``item = typical + (item avg - typical) * n / (n + item_shrink)`` and
+    ``user = (user avg - typical) * n / (n + user_shrink)``, the user's as an offset from typical.
+    A side without earlier ratings scores the typical rating (offset 0). The shrinkage constants are
+    chosen on validation samples (benchmarks/tune_teacher.py)."""
+
+    typical: float
+    user: float  # the user's offset from typical
+    item: float  # the item's score on the scale
+
+    @property
+    def total(self) -> float:
+        return round(self.item + self.user, 1)
+
+
+def scores(inp: PromptInput, typical: float, user_shrink: float, item_shrink: float) -> Scores:
+    """`Scores` of `inp` around `typical` (the train split's mean rating)."""
+    user = 0.0
+    if inp.user_avg is not None and inp.user_count:
+        user = (inp.user_avg - typical) * inp.user_count / (inp.user_count + user_shrink)
+    item = typical
+    if inp.item_avg is not None and inp.item_count:
+        item = typical + (inp.item_avg - typical) * inp.item_count / (inp.item_count + item_shrink)
+    return Scores(typical=round(typical, 1), user=_round1(user), item=_round1(inp.scale.clip(item)))
+
+
+def _round1(x: float) -> float:
+    """One decimal, halves away from zero (what a reader expects; Python's round() goes to even), no -0.0."""
+    value = math.floor(abs(x) * 10 + 0.5 + 1e-9) / 10
+    return math.copysign(value, x) if value else 0.0
+
+
+def signed(x: float) -> str:
+    """An offset as the compact prompt and its traces write it: '+0.3', '-0.2', '+0.0'."""
+    return f"{'-' if x < 0 else '+'}{abs(x):.1f}"
+
+
+_COMPACT_HINTS = {
+    "analyze user": "liked and disliked genres, user score",
+    "analyze item": "the item's genres, item score",
+    "match": "the fit, then item score + user score",
+    "think": "liked and disliked genres, the item's genres, then item score + user score",
+}
+
+
+def compact_format(scale: RatingScale, tags: tuple[str, ...] = STEP_TAGS) -> str:
+    """The compact prompt's answer skeleton: `tags` with short hints, the rating tag last."""
+    rows = [f"<{tag}>{_COMPACT_HINTS[tag]}</{tag}>" for tag in tags[:-1]]
+    rows.append(f"<{tags[-1]}>{_compact_rate_hint(scale)}</{tags[-1]}>")
+    return "\n".join(rows)
+
+
+def compact_message(inp: PromptInput, score: Scores, tags: tuple[str, ...] = STEP_TAGS, review_chars: int = 0) -> str:
+    """The compact user turn: counts and averages first, the recent history as short lines, the scores
+    the match step adds, then the skeleton. Reviews only where `review_chars` > 0."""
+    scale = inp.scale
+    lo, hi = _num(scale.low), _num(scale.high)
+    count = lambda n: f"{n} earlier rating{'s' if n != 1 else ''}"  # noqa: E731
+    parts = [f"Predict the user's rating of the target item, from {lo} to {hi}."]
+    if inp.user_avg is not None and inp.user_count:
+        parts.append(f"\nUser: {count(inp.user_count)}, average {inp.user_avg:.2f}. Recent, oldest first:")
+    else:
+        parts.append("\nUser: no earlier ratings.")
+    parts.extend(_history_block(inp.user_history, scale, review_chars, show_title=True))
+    genres = item_genres(inp)
+    parts.append(f'\nTarget item: "{inp.item_title}"' + (f" ({', '.join(genres)})" if genres else ""))
+    if inp.item_avg is not None and inp.item_count:
+        recent = ", ".join(format_rating(line.rating, scale) for line in inp.item_history)
+        parts.append(
+            f"Item: {count(inp.item_count)}, average {inp.item_avg:.2f}." + (f" Recent: {recent}" if recent else "")
+        )
+    else:
+        parts.append("Item: no earlier ratings.")
+    parts.append(
+        f"Scores (pulled toward the typical {score.typical:.1f} when based on few ratings): "
+        f"user {signed(score.user)}, item {score.item:.1f}"
+    )
+    parts.append("\nAnswer in these tagged steps, then stop:" if len(tags) > 1 else "\n" + _instruction(tags))
+    parts.append(compact_format(scale, tags))
+    return "\n".join(parts)
+
+
+def _compact_rate_hint(scale: RatingScale) -> str:
+    return f"the rating alone, {_num(scale.low)} to {_num(scale.high)}"
+
+
+def compact_copy_sources(scale: RatingScale, tags: tuple[str, ...] = STEP_TAGS) -> tuple[str, ...]:
+    """The compact skeleton's hints: what an answer's reasoning must not copy."""
+    return (*(_COMPACT_HINTS[tag] for tag in tags[:-1]), _compact_rate_hint(scale))
+
+
 def user_message(
     inp: PromptInput, review_chars: int = 200, example: str | None = None, tags: tuple[str, ...] = STEP_TAGS
 ) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from reczero import prompts, reasoning
+from reczero import reasoning
 from reczero.data.render import PromptRenderer, prompt_input
 from reczero.data.samples import SampleTable
 from reczero.data.schema import InteractionData
@@ -72,7 +72,7 @@ class PromptDataset(Dataset):
             "target": self.data.interactions[self.table.target[pos]].rating,
             "fallback": fallback_rating(self.data.scale, self.table.user_avg[pos], self.table.item_avg[pos]),
             "history_len": len(self.table.user_history[pos]) + len(self.table.item_history[pos]),
-            "copy_sources": prompts.copy_sources(inp.scale, self.renderer.example_for(inp), self.renderer.tags),
+            "copy_sources": self.renderer.copy_sources(inp),
             "facts": reasoning.prompt_facts(inp),
         }
 

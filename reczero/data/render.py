@@ -17,6 +17,7 @@ from reczero.data.schema import SCALES, InteractionData, Item
 
 _SENTINEL = "\u2063RECZERO_CONTENT\u2063"
 _ANY_SCALE = SCALES["1-5"]
+STYLES = ("full", "compact")
 
 
 def item_details(item: Item, description_chars: int = 200) -> list[tuple[str, str]]:
@@ -80,6 +81,15 @@ class PromptConfig:
         template: the reward template whose tags the skeleton (and the example) asks for
             (`answers.TEMPLATES`: "four_step", or the ablations "think_answer" and "answer_only"); it
             must be `model.init_args.reward.template`, which scores the answers.
+        style: "full" (the paper's prompt: history with reviews, averages, a hint per step) or
+            "compact" (numbers first: counts and averages, short history lines, the count-shrunk
+            user and item scores the match step adds, short hints; `prompts.compact_message`).
+        user_shrink / item_shrink: the compact prompt's shrinkage of the user's and the item's
+            average toward the typical rating (`prompts.scores`), in ratings.
+        round_up_at: the compact rule teacher's rounding (`recone.teacher.compact_trace`): a total
+            is rounded up from this fraction of a step. Used by `coldstart --teacher template` and
+            the `teacher_rule` baseline; the three constants are chosen on validation
+            (benchmarks/tune_teacher.py).
     """
 
     max_prompt_tokens: int | None = 1024
@@ -88,8 +98,18 @@ class PromptConfig:
     response_prefix: str = ""
     answer_example: bool = False
     template: str = "four_step"
+    style: str = "full"
+    user_shrink: float = 5.0
+    item_shrink: float = 5.0
+    round_up_at: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"prompt.style must be one of {STYLES}, got {self.style!r}")
+        if self.user_shrink < 0 or self.item_shrink < 0:
+            raise ValueError("prompt.user_shrink and prompt.item_shrink must be >= 0")
+        if not 0.0 < self.round_up_at <= 1.0:
+            raise ValueError(f"prompt.round_up_at must be in (0, 1], got {self.round_up_at}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 32:
             raise ValueError(f"prompt.max_prompt_tokens={self.max_prompt_tokens} is too small to hold any prompt")
         if self.review_chars < 0:
@@ -132,8 +152,14 @@ class PromptRenderer:
         typical_rating: float | None = None,
         example_genres: tuple[str, ...] = (),
         template: str = "four_step",
+        style: str = "full",
+        user_shrink: float = 5.0,
+        item_shrink: float = 5.0,
+        round_up_at: float = 0.5,
     ):
         self.tokenizer = tokenizer
+        self.style = style
+        self.user_shrink, self.item_shrink, self.round_up_at = user_shrink, item_shrink, round_up_at
         self.tags = rewards.get_template(template).tags  # the skeleton the prompt asks for
         self.response_prefix = response_prefix
         self.answer_example = answer_example
@@ -169,21 +195,48 @@ class PromptRenderer:
 
     def example_for(self, inp: prompts.PromptInput) -> str | None:
         """The one-shot example this prompt shows (None without `answer_example`): made-up facts seeded
-        by the sample key, reasoned by `prompts.rationale` around the typical rating."""
+        by the sample key, reasoned by the rule teacher around the typical rating."""
         if not self.answer_example:
             return None
         scale = inp.scale
-        typical = self.typical_rating if self.typical_rating is not None else scale.low + 0.625 * scale.span
-        return prompts.in_template(
-            prompts.example_answer(inp.key, scale, typical, self.example_genres, inp), self.tags
-        )
+        typical = self.typical(scale)
+        if self.style == "compact":
+            from reczero.recone.teacher import compact_trace  # noqa: PLC0415 (the teacher sits above data)
+
+            made_up = prompts.example_input(inp.key, scale, typical, self.example_genres, inp)
+            answer = compact_trace(made_up, self.scores(made_up), self.round_up_at)[0]
+        else:
+            answer = prompts.example_answer(inp.key, scale, typical, self.example_genres, inp)
+        return prompts.in_template(answer, self.tags)
+
+    def typical(self, scale) -> float:
+        """The typical rating: the train split's mean, else a point 5/8 up the scale."""
+        return self.typical_rating if self.typical_rating is not None else scale.low + 0.625 * scale.span
+
+    def scores(self, inp: prompts.PromptInput) -> prompts.Scores:
+        """The count-shrunk scores a compact prompt states for `inp`."""
+        return prompts.scores(inp, self.typical(inp.scale), self.user_shrink, self.item_shrink)
+
+    def copy_sources(self, inp: prompts.PromptInput) -> tuple[str, ...]:
+        """What an answer to `inp`'s prompt must not copy: the skeleton's hints and the example's blocks."""
+        example = self.example_for(inp)
+        if self.style == "compact":
+            hints = prompts.compact_copy_sources(inp.scale, self.tags)
+            return hints + prompts.copy_sources(inp.scale, example, self.tags)[len(hints) :] if example else hints
+        return prompts.copy_sources(inp.scale, example, self.tags)
 
     def render_text(self, inp: prompts.PromptInput, review_chars: int) -> str:
         example = self.example_for(inp)
-        content = prompts.user_message(inp, review_chars, example, self.tags)
+        if self.style == "compact":
+            content = prompts.compact_message(inp, self.scores(inp), self.tags, review_chars)
+            if example:
+                content += "\n\nExample of a complete answer, about a different user and item:\n" + example
+        else:
+            content = prompts.user_message(inp, review_chars, example, self.tags)
         if self._prefix is not None:  # a merged system prompt is already inside the prefix
             return self._prefix + content + self._suffix + self.response_prefix
-        messages = prompts.build_messages(inp, review_chars, self.system_prompt, example, self.tags)
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": content})
         text = self._chat(prompts.merge_system(messages) if self.system_merged else messages)
         return text + self.response_prefix
 

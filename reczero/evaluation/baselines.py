@@ -47,7 +47,8 @@ from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import prompt_input
 from reczero.evaluation.predictors import PREDICTORS, Predictor, TooLargeError, encode
 from reczero.evaluation.protocol import baseline_split, split_description
-from reczero.prompts import rationale, round_to_scale
+from reczero.prompts import round_to_scale
+from reczero.recone.teacher import teacher_for
 
 __all__ = ["DEFAULT_GRIDS", "BaselineResult", "format_table", "run_baselines"]
 
@@ -227,12 +228,13 @@ def shown_predictors(dm, positions: Sequence[int], table=None) -> dict[str, np.n
 
     user_mean_shown / item_mean_shown: the user's / the item's average (the other one, then the
     typical rating, where it has none); bias_shown: item average + user average - typical rating;
-    teacher_rule: the rule-based RecOne teacher's rating (`prompts.rationale`, rounded to the scale).
+    teacher_rule: the rule-based RecOne teacher's rating for the config's prompt style (`recone.teacher`).
     The typical rating is the train split's mean (`RatingDataModule.typical_rating`). `table`: the
     sample table `positions` point into (default the DataModule's).
     """
     table = dm.table if table is None else table
     typical, scale = dm.typical_rating, dm.scale
+    rule = teacher_for(dm.prompt, typical)
     out: dict[str, list[float]] = {"user_mean_shown": [], "item_mean_shown": [], "bias_shown": [], "teacher_rule": []}
     for pos in positions:
         user = table.user_avg[pos] if table.user_count[pos] else None
@@ -242,7 +244,7 @@ def shown_predictors(dm, positions: Sequence[int], table=None) -> dict[str, np.n
         out["user_mean_shown"].append(user if user is not None else item if item is not None else typical)
         out["item_mean_shown"].append(item if item is not None else user if user is not None else typical)
         out["bias_shown"].append(scale.clip(i + u - typical))
-        out["teacher_rule"].append(rationale(prompt_input(dm.data, table, pos), typical)[1])
+        out["teacher_rule"].append(rule(prompt_input(dm.data, table, pos))[1])
     return {name: np.clip(np.asarray(values, np.float64), scale.low, scale.high) for name, values in out.items()}
 
 

@@ -337,7 +337,7 @@ def predict_stream(model, tokenizer, dm, requests: list[Request], decode, spec, 
                 {
                     "input_ids": x,
                     "fallback": chunk[i].fallback,
-                    "copy_sources": prompts.copy_sources(scale, renderer.example_for(chunk[i].inp)),
+                    "copy_sources": renderer.copy_sources(chunk[i].inp),
                     "facts": reasoning.prompt_facts(chunk[i].inp),
                 }
                 for i, x in zip(rows, ids)

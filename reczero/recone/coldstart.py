@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -42,8 +43,8 @@ from reczero.data.batching import left_pad, pad_id
 from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import prompt_input
 from reczero.modules.base import PolicyModule
-from reczero.prompts import answer_format, copy_sources, format_rating
-from reczero.recone.teacher import TEACHER_NAME, template_trace
+from reczero.prompts import answer_format, format_rating
+from reczero.recone.teacher import TEACHER_NAME, teacher_for
 from reczero.recone.traces import leaks_hint
 from reczero.scale import EXACT_TOLERANCE, RatingScale
 
@@ -191,13 +192,13 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg: ColdstartOption
     device = model.device if model is not None else torch.device("cpu")
     generator = torch.Generator(device).manual_seed(cfg.seed)
     prefix = dm.prompt.response_prefix
-    typical = dm.typical_rating
+    rule = teacher_for(dm.prompt, dm.typical_rating)
     log.info("coldstart: %d traces so far, %d train samples left, target %d", have, len(order), cfg.num_traces)
 
     def sample(rows: list[int], prompts: list[str], tries: int) -> list[list[str]]:
         """B dataset rows and their prompts -> B lists of `tries` completions."""
         if model is None:
-            return [[template_trace(prompt_input(ds.data, ds.table, ds.positions[i]), typical)[0]] for i in rows]
+            return [[rule(prompt_input(ds.data, ds.table, ds.positions[i]))[0]] for i in rows]
         ids, mask = _tokenize(tokenizer, prompts, device)
         texts = generate(model, tokenizer, ids, mask, tries, sampling, generator).texts  # B * tries, prompt-major
         texts = [(prefix + t).rstrip() for t in texts]
@@ -214,7 +215,7 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg: ColdstartOption
             prompts = [ds.prompt_text(i) for i in batch]
             inputs = [prompt_input(ds.data, ds.table, ds.positions[i]) for i in batch]
             examples = [ds.renderer.example_for(inp) for inp in inputs]
-            sources = [copy_sources(scale, example) for example in examples]
+            sources = [ds.renderer.copy_sources(inp) for inp in inputs]
             truths = [ds.data.interactions[ds.table.target[ds.positions[i]]].rating for i in batch]
             kept: dict[int, tuple[str, float, str]] = {}
             failed: dict[int, list[Verdict]] = {}  # b -> the verdicts that drop it, unless a hinted try is kept
@@ -260,8 +261,32 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg: ColdstartOption
             os.fsync(out.fileno())
             _write_json(stats_path, stats)
             log.info("coldstart: %d / %d traces (%s)", have, cfg.num_traces, _summary(stats))
+    stats["tokens"] = trace_token_stats(output, tokenizer, prefix, ds, dm.sample_key)
     _write_json(stats_path, stats)
     return stats
+
+
+def _percentiles(values: list[int]) -> dict:
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"n": len(ordered), "p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": ordered[-1]}
+
+
+def trace_token_stats(output: Path, tokenizer, prefix: str, ds, key_of: Callable[[int], str]) -> dict:
+    """Token lengths of the traces as the policy must generate them (after `prefix`, with EOS), and of
+    their prompts: what `rollout.max_new_tokens` and `prompt.max_prompt_tokens` must hold."""
+    keys, texts = set(), []
+    for line in output.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            keys.add(record["key"])
+            completion = record["completion"]
+            texts.append(completion[len(prefix) :] if completion.startswith(prefix) else completion)
+    completions = [len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    prompts = [len(ds[i]["input_ids"]) for i in range(len(ds)) if key_of(ds.positions[i]) in keys]
+    return {"completion": _percentiles(completions), "prompt": _percentiles(prompts)}
 
 
 def _summary(stats: dict) -> str:
@@ -339,4 +364,10 @@ def coldstart_command(data: RatingDataModule, model: PolicyModule, options: Cold
         teacher, tokenizer, _ = load_model(config, adapter=options.teacher_adapter, device=options.device)
     stats = run_coldstart(teacher, tokenizer, data, output, options)
     print(f"{output}: {_summary(stats)}")
+    for part, figures in stats["tokens"].items():
+        if figures.get("n"):
+            print(
+                f"{part} tokens over {figures['n']} traces: p50 {figures['p50']}, p95 {figures['p95']}, "
+                f"p99 {figures['p99']}, max {figures['max']}"
+            )
     return stats
