@@ -48,7 +48,7 @@ from reczero.data.render import prompt_input
 from reczero.evaluation.predictors import PREDICTORS, Predictor, TooLargeError, encode
 from reczero.evaluation.protocol import baseline_split, split_description
 from reczero.prompts import round_to_scale
-from reczero.recone.teacher import teacher_for
+from reczero.recone.teacher import round_up_from, teacher_for
 
 __all__ = ["DEFAULT_GRIDS", "BaselineResult", "format_table", "run_baselines"]
 
@@ -204,20 +204,31 @@ def run_baselines(
     return results
 
 
+ROUND_UP_AT = (0.5, 0.6, 0.7)  # the fractions a rounded twin may round up from (tune_teacher.py's grid)
+
+
 def with_rounded(
     results: Sequence[BaselineResult], valid_truth: Sequence[float], test_truth: Sequence[float], scale
 ) -> list[BaselineResult]:
     """`results` plus, for each method whose predictions are not already on the scale's grid, a
-    "<name> (rounded)" twin: the same predictions rounded to the grid (`prompts.round_to_scale`)."""
+    "<name> (rounded)" twin: the same predictions on the grid, rounded up from the fraction of a step
+    (`ROUND_UP_AT`) with the lowest validation MAE, the choice the compact rule teacher gets
+    (benchmarks/tune_teacher.py); the chosen fraction is recorded as the `round_up_at` parameter."""
     valid_y, test_y = np.asarray(valid_truth, np.float64), np.asarray(test_truth, np.float64)
     out = list(results)
     for res in results:
-        grid = lambda pred: np.array([round_to_scale(float(x), scale) for x in pred])  # noqa: E731
-        valid_r, test_r = grid(res.valid_pred), grid(res.test_pred)
-        if np.array_equal(test_r, res.test_pred) and np.array_equal(valid_r, res.valid_pred):
+        grid = lambda pred, at: np.array(  # noqa: E731
+            [round_up_from(float(x), at, scale.low, scale.high, scale.step) for x in pred]
+        )
+        if all(float(x) == round_to_scale(float(x), scale) for x in (*res.valid_pred, *res.test_pred)):
             continue
+        at = min(ROUND_UP_AT, key=lambda a: _errors(grid(res.valid_pred, a), valid_y)[0])  # first of equals
+        valid_r, test_r = grid(res.valid_pred, at), grid(res.test_pred, at)
         (valid_mae, valid_rmse), (test_mae, test_rmse) = _errors(valid_r, valid_y), _errors(test_r, test_y)
-        twin = dataclasses.replace(res, name=f"{res.name} (rounded)", valid_pred=valid_r, test_pred=test_r)
+        params = {**res.params, "round_up_at": at}
+        twin = dataclasses.replace(
+            res, name=f"{res.name} (rounded)", params=params, valid_pred=valid_r, test_pred=test_r
+        )
         out.append(dataclasses.replace(twin, valid_mae=valid_mae, valid_rmse=valid_rmse, test_mae=test_mae))
         out[-1].test_rmse = test_rmse
     return out
