@@ -19,7 +19,7 @@ from reczero.evaluation.report import comparisons, load_inputs, reference, table
 
 METHODS = (
     "global_mean", "user_mean", "item_mean", "bias_baseline", "biased_mf", "item_knn", "teacher_rule",
-    "item_mean (rounded)", "bias_baseline (rounded)", "item_knn (rounded)",
+    "item_mean (rounded)", "bias_baseline (rounded)", "biased_mf (rounded)", "item_knn (rounded)",
 )  # fmt: skip
 PAIRS_AGAINST = ("user_mean", "item_mean", "item_mean (rounded)", "bias_baseline", "teacher_rule")
 
@@ -81,7 +81,7 @@ def rule_agreement(folder: Path) -> None:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         sums = same = 0
         for row in rows:
-            m = re.search(rf"<match>\s*{_NUM}\s*([+-])\s*{_NUM}\s*=\s*{_NUM}", row["completion"])
+            m = re.search(rf"<match>[^<]*?{_NUM}\s*([+-])\s*{_NUM}\s*=\s*{_NUM}", row["completion"])
             if m:
                 a, b, c = float(m.group(1)), float(m.group(3)), float(m.group(4))
                 sums += abs(round(a + b if m.group(2) == "+" else a - b, 1) - c) < 0.051
