@@ -191,6 +191,8 @@ class PolicyModule(L.LightningModule):
             "val/reward": rows[:, 4].mean().item(),
             "val/copy_rate": rows[:, 5].mean().item(),
             "val/grounded_rate": rows[:, 6].mean().item(),
+            # the stated fallback (the user's average) as a predictor on the same samples: what "learned" beats
+            "val/user_mean_mae": (rows[:, 2] - rows[:, 1]).abs().mean().item(),
             "val/samples": float(m.count),
             "val/seconds": time.perf_counter() - self._val_start,
         }

@@ -19,6 +19,7 @@ TABLE_ROWS = (
     ("val/format_rate", "format pass rate"),
     ("val/parse_rate", "parse rate"),
     ("val/mae", "MAE"),
+    ("val/user_mean_mae", "MAE of the user mean"),
     ("val/rmse", "RMSE"),
     ("val/copy_rate", "copy rate"),
     ("val/grounded_rate", "grounded rate"),
