@@ -45,7 +45,7 @@ def policy(dtype: str, adapter: str | None):
 
 def teacher_forced(model, record) -> torch.Tensor:
     """[N, C] log-probs of the record's completions from the model's own full forward (no training path)."""
-    from reczero.grpo import token_logprobs
+    from reczero.policy.logprobs import token_logprobs
 
     ids, mask = record.input_ids, record.attention_mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)

@@ -1,7 +1,7 @@
 """Choose the compact rule teacher's constants on validation samples only.
 
 The compact prompt states count-shrunk user and item scores (`prompts.scores`), and the rule teacher
-rounds their sum up from a fraction (`recone.teacher.compact_trace`). This script grid-searches
+rounds their sum up from a fraction (`rationales.compact_rationale`). This script grid-searches
 `prompt.user_shrink`, `prompt.item_shrink` and `prompt.round_up_at` for the lowest MAE on a config's
 validation samples (every one of them, not the config's cap), prints the best settings and writes
 JSON. Test samples are never read here: `reczero baselines` scores the chosen teacher on test as
@@ -26,7 +26,7 @@ from reczero.data.render import prompt_input
 from reczero.data.samples import SampleConfig
 from reczero.data.sources import SourceConfig
 from reczero.prompts import scores
-from reczero.recone.teacher import round_up_from
+from reczero.scale import round_up_from
 
 USER_SHRINK = (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0)
 ITEM_SHRINK = (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0)

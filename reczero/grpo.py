@@ -1,4 +1,4 @@
-"""GRPO math: token log-probs, group advantages, the clipped surrogate, k3 KL and loss reductions.
+"""GRPO math: group advantages, the clipped surrogate, k3 KL, truncation masking and loss reductions.
 
 Algorithm variant and defaults (the paper's run, see method.md):
 
@@ -28,64 +28,6 @@ import torch
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("token_mean", "sequence_mean", "dr_grpo")
-
-
-class _TokenLogprobs(torch.autograd.Function):
-    """`token_logprobs` on flattened [M, V] logits, a chunk of rows at a time, in float32.
-
-    Only the logits themselves (which the caller holds anyway) and the [M] log-sum-exps are kept for
-    the backward pass, which recomputes each chunk's softmax: no float32 copy of [M, V] stays alive.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, tokens, temperature: float):  # [M, V], [M]
-        rows = max(1, 2**24 // max(1, logits.shape[-1]))  # 64 MiB of float32 logits per chunk
-        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)  # [M]
-        lse = torch.empty_like(out)  # [M]
-        for start in range(0, logits.shape[0], rows):
-            z = logits[start : start + rows].float() / temperature  # [c, V]
-            lse[start : start + rows] = torch.logsumexp(z, dim=-1)
-            picked = z.gather(-1, tokens[start : start + rows, None]).squeeze(-1)  # [c]
-            out[start : start + rows] = picked - lse[start : start + rows]
-        ctx.save_for_backward(logits, tokens, lse)
-        ctx.temperature, ctx.rows = temperature, rows
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):  # grad [M]
-        logits, tokens, lse = ctx.saved_tensors
-        t, rows = ctx.temperature, ctx.rows
-        out = torch.empty_like(logits)  # [M, V]
-        for start in range(0, logits.shape[0], rows):
-            end = start + rows
-            # d(z_token - lse)/dz = onehot - softmax(z), and dz/dlogits = 1 / T
-            probs = (logits[start:end].float() / t).sub_(lse[start:end, None]).exp_()  # [c, V]
-            g = grad[start:end, None] / t  # [c, 1]
-            chunk = probs.mul_(-g).scatter_add_(-1, tokens[start:end, None], g)  # [c, V]
-            out[start:end] = chunk.to(logits.dtype)
-        return out, None, None
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probability of each sampled token under ``softmax(logits / temperature)``: [N, T] float32.
-
-    logits [N, T, V]: the logits that predict `tokens` [N, T] (already shifted by the caller).
-    Computed as ``logit[token] - logsumexp(logits)`` in float32, a chunk of positions at a time; for
-    backward only the logits and the [N, T] log-sum-exps are kept (`_TokenLogprobs`), so bf16 logits
-    never get a float32 copy of their full size. Dividing by the sampling temperature makes these
-    the log-probs of the distribution the completions were drawn from.
-    """
-    if logits.dim() != 3 or tokens.shape != logits.shape[:2]:
-        raise ValueError(
-            f"need logits [N, T, V] and tokens [N, T], got {tuple(logits.shape)} and {tuple(tokens.shape)}"
-        )
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if logits.shape[0] * logits.shape[1] == 0:
-        return logits.new_zeros(tokens.shape, dtype=torch.float32)
-    flat = logits.reshape(-1, logits.shape[-1])  # [N * T, V]
-    out = _TokenLogprobs.apply(flat, tokens.reshape(-1).long(), float(temperature))  # [N * T]
-    return out.reshape(tokens.shape)  # [N, T]
 
 
 def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -237,6 +179,17 @@ def reduce_loss(
     return kept.sum() / denominator
 
 
+def loss_mask(completion_mask: torch.Tensor, truncated: torch.Tensor | None = None) -> torch.Tensor:
+    """The tokens the loss counts: `completion_mask` [N, T], without the rows of `truncated` [N] (bool:
+    completions that hit the length limit without EOS) when it is given (`GRPOLossConfig.mask_truncated`)."""
+    mask = completion_mask.bool()  # [N, T]
+    if truncated is None:
+        return mask
+    if truncated.shape != mask.shape[:1]:
+        raise ValueError(f"truncated must be [N] = [{mask.shape[0]}], got {tuple(truncated.shape)}")
+    return mask & ~truncated.bool().unsqueeze(-1)  # [N, T]
+
+
 def signal_rows(advantages: torch.Tensor, group_size: int, whole_groups: bool = False) -> torch.Tensor:
     """Indices [M] of the rows whose gradient can be non-zero with beta 0 and one pass.
 
@@ -318,11 +271,7 @@ def grpo_loss(
     for name, other in (("old_logp", old_logp), ("ref_logp", ref_logp)):
         if other is not None and other.shape != logp.shape:
             raise ValueError(f"{name} must match logp {tuple(logp.shape)}, got {tuple(other.shape)}")
-    mask = completion_mask.bool()  # [N, T]
-    if cfg.mask_truncated and truncated is not None:
-        if truncated.shape != logp.shape[:1]:
-            raise ValueError(f"truncated must be [N] = [{logp.shape[0]}], got {tuple(truncated.shape)}")
-        mask = mask & ~truncated.bool().unsqueeze(-1)  # [N, T]
+    mask = loss_mask(completion_mask, truncated if cfg.mask_truncated else None)  # [N, T]
     if old_logp is None:
         old_logp = logp.detach()
 

@@ -14,13 +14,11 @@ until the rendered chat fits `max_prompt_tokens`; it reports whether it had to s
 
 from __future__ import annotations
 
-import hashlib
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from reczero.scale import RatingScale
+from reczero.scale import RatingScale, format_number
 
 STEP_TAGS = ("analyze user", "analyze item", "match", "rate")
 
@@ -131,145 +129,21 @@ def in_template(answer: str, tags: tuple[str, ...]) -> str:
 
 
 def _rate_hint(scale: RatingScale) -> str:
-    return f"only the predicted rating, a number from {_num(scale.low)} to {_num(scale.high)}"
+    return f"only the predicted rating, a number from {format_number(scale.low)} to {format_number(scale.high)}"
 
 
-# -- the rule-based rationale: what the template teacher writes and the one-shot example shows ---------
-def _genres(details: str | None) -> list[str]:
+# -- genres, as the prompt shows them ("Genres: Drama, Comedy"; Amazon's "Categories") ----------------
+GENRE_KEYS = ("Genres", "Categories")
+
+
+def split_genres(details: str | None) -> list[str]:
+    """The genres of a comma-separated metadata line ("Drama, Comedy" -> ["Drama", "Comedy"])."""
     return [g.strip() for g in (details or "").split(",") if g.strip()]
 
 
-def genre_deviation(inp: PromptInput) -> dict[str, float]:
-    """Genre -> the user's mean rating of it minus their mean over the shown history."""
-    if not inp.user_history:
-        return {}
-    mean = sum(line.rating for line in inp.user_history) / len(inp.user_history)
-    by_genre: dict[str, list[float]] = {}
-    for line in inp.user_history:
-        for genre in _genres(line.details):
-            by_genre.setdefault(genre, []).append(line.rating)
-    return {g: sum(r) / len(r) - mean for g, r in by_genre.items()}
-
-
 def item_genres(inp: PromptInput) -> list[str]:
-    return next((_genres(value) for key, value in inp.item_details if key in ("Genres", "Categories")), [])
-
-
-def _names(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def round_to_scale(value: float, scale: RatingScale) -> float:
-    """The nearest value on the scale's grid, halves rounded up (4.5 -> 5 on 1-5), clipped."""
-    steps = math.floor((value - scale.low) / scale.step + 0.5 + 1e-9)
-    return scale.clip(round(scale.low + steps * scale.step, 6))
-
-
-GENRE_DEVIATION = 0.5  # a genre counts as liked / disliked this far above / below the user's shown mean
-
-
-def rationale(inp: PromptInput, typical: float) -> tuple[str, float]:
-    """(a four-step answer, its rating) reasoned from `inp`'s own facts with one-decimal arithmetic.
-
-    The rule: the item's average from other users, shifted by how far the user's average lies from
-    a `typical` rating (the training data's mean): ``rating = item avg + (user avg - typical)``,
-    each rounded to one decimal, then to the scale. A user or item without earlier ratings counts as
-    typical. Genres the user rates well above or below their mean are named, and the match says
-    whether the item's genres are among them. Small models copy numbers well and add badly, so
-    every step writes the numbers it uses and the sum it makes.
-    """
-    scale = inp.scale
-    anchor = round(typical, 1)
-    dev = genre_deviation(inp)
-    liked = sorted((g for g, d in dev.items() if d >= GENRE_DEVIATION), key=lambda g: -dev[g])[:2]
-    disliked = sorted((g for g, d in dev.items() if d <= -GENRE_DEVIATION), key=lambda g: dev[g])[:2]
-    if inp.user_avg is None or not inp.user_count:
-        offset, user = 0.0, "No earlier ratings, so treat them as a typical rater."
-    else:
-        offset = round(round(inp.user_avg, 1) - anchor, 1)
-        user = f"Rates {inp.user_avg:.1f} on average over {inp.user_count} rating{'s' if inp.user_count != 1 else ''}"
-        side = "above" if offset > 0 else "below"
-        user += f", {abs(offset):.1f} {side} a typical {anchor:.1f}." if offset else ", a typical rater."
-        if liked:
-            user += f" Likes {_names(liked)}."
-        if disliked:
-            user += f" Dislikes {_names(disliked)}."
-    genres = item_genres(inp)
-    item = f'"{inp.item_title}": {_names(genres)}.' if genres else f'"{inp.item_title}".'
-    if inp.item_avg is None or not inp.item_count:
-        base = anchor
-        item += f" No ratings yet, so assume a typical {anchor:.1f}."
-    else:
-        base = round(inp.item_avg, 1)
-        item += f" Other users rate it {inp.item_avg:.1f} on average over {inp.item_count} rating"
-        item += "s." if inp.item_count != 1 else "."
-    total = round(base + offset, 1)
-    match = f"{base:.1f} {'-' if offset < 0 else '+'} {abs(offset):.1f} = {total:.1f}."
-    fits, clashes = [g for g in genres if g in liked], [g for g in genres if g in disliked]
-    if fits:
-        match += f" {_names(fits)} suits this user."
-    if clashes:
-        match += f" {_names(clashes)} does not suit this user."
-    rating = round_to_scale(total, scale)
-    return format_completion(user, item, match, rating, scale), rating
-
-
-_EXAMPLE_WORDS = (
-    ("Silver", "Quiet", "Last", "Hidden", "Northern", "Paper", "Broken", "Golden", "Winter", "Distant"),
-    ("Harbor", "Orchard", "Signal", "Garden", "Letters", "Voyage", "Kingdom", "Bridge", "Season", "Echo"),
-)
-_EXAMPLE_GENRES = ("Comedy", "Drama", "Horror", "Romance", "Thriller", "Animation", "Documentary", "Western")
-
-
-def example_input(
-    key: str, scale: RatingScale, typical: float, genres: tuple[str, ...] = (), unlike: PromptInput | None = None
-) -> PromptInput:
-    """A made-up user and item, seeded by `key`: the facts the one-shot example reasons about.
-
-    Nothing in it comes from the data but the genre names (`genres`, else a fixed list), so the example
-    leaks nothing, and it differs from prompt to prompt, so a copy of it is never a fit answer. With
-    `unlike` (the prompt's own input) the example's averages differ from the prompt's by at least a
-    tenth of the scale and its item genre is not one of the prompt item's: an answer that states this
-    prompt's facts in the example's words is then never mistaken for a copy (`reasoning.is_copy`).
-    """
-    rng = random.Random(hashlib.sha256(key.encode()).digest())
-    names = list(genres) if len(genres) >= 3 else list(_EXAMPLE_GENRES)
-    spread, gap = scale.span / 5, scale.span / 10
-
-    def average(avoid: float | None) -> float:
-        for _ in range(100):
-            value = scale.clip(typical + rng.uniform(-2, 2) * spread)
-            if avoid is None or abs(round(value, 1) - round(avoid, 1)) >= gap:
-                return value
-        return scale.clip(avoid + (gap if avoid < typical else -gap) * 2)
-
-    def rating(center: float) -> float:
-        return round_to_scale(center + rng.uniform(-spread, spread), scale)
-
-    taken = {g.lower() for g in item_genres(unlike)} if unlike is not None else set()
-    favourite, disliked, other = rng.sample(names, 3)
-    history = [HistoryLine("", rating(scale.high - spread), details=favourite) for _ in range(2)]
-    history += [HistoryLine("", rating(scale.low + 1.5 * spread), details=disliked) for _ in range(2)]
-    history += [HistoryLine("", rating(typical), details=other) for _ in range(2)]
-    title = f"The {rng.choice(_EXAMPLE_WORDS[0])} {rng.choice(_EXAMPLE_WORDS[1])}"
-    choices = [g for g in (favourite, disliked, other) if g.lower() not in taken] or [favourite]
-    return PromptInput(
-        scale=scale,
-        item_title=title,
-        user_history=history,
-        item_details=[("Genres", rng.choice(choices))],
-        user_avg=average(unlike.user_avg if unlike is not None and unlike.user_count else None),
-        user_count=rng.randint(6, 300),
-        item_avg=average(unlike.item_avg if unlike is not None and unlike.item_count else None),
-        item_count=rng.randint(3, 400),
-    )
-
-
-def example_answer(
-    key: str, scale: RatingScale, typical: float, genres: tuple[str, ...] = (), unlike: PromptInput | None = None
-) -> str:
-    """The one-shot worked answer shown after the skeleton: `rationale` of `example_input(key, ...)`."""
-    return rationale(example_input(key, scale, typical, genres, unlike), typical)[0]
+    """The target item's genres, from its first genre line."""
+    return next((split_genres(value) for key, value in inp.item_details if key in GENRE_KEYS), [])
 
 
 def copy_sources(scale: RatingScale, example: str | None = None, tags: tuple[str, ...] = STEP_TAGS) -> tuple[str, ...]:
@@ -344,7 +218,7 @@ def compact_message(inp: PromptInput, score: Scores, tags: tuple[str, ...] = STE
     """The compact user turn: counts and averages first, the recent history as short lines, the scores
     the match step adds, then the skeleton. Reviews only where `review_chars` > 0."""
     scale = inp.scale
-    lo, hi = _num(scale.low), _num(scale.high)
+    lo, hi = format_number(scale.low), format_number(scale.high)
     count = lambda n: f"{n} earlier rating{'s' if n != 1 else ''}"  # noqa: E731
     parts = [f"Predict the user's rating of the target item, from {lo} to {hi}."]
     if inp.user_avg is not None and inp.user_count:
@@ -371,7 +245,7 @@ def compact_message(inp: PromptInput, score: Scores, tags: tuple[str, ...] = STE
 
 
 def _compact_rate_hint(scale: RatingScale) -> str:
-    return f"the rating alone, {_num(scale.low)} to {_num(scale.high)}"
+    return f"the rating alone, {format_number(scale.low)} to {format_number(scale.high)}"
 
 
 def compact_copy_sources(scale: RatingScale, tags: tuple[str, ...] = STEP_TAGS) -> tuple[str, ...]:
@@ -386,7 +260,7 @@ def user_message(
     (and, with `example`, that worked answer about another user and item)."""
     scale = inp.scale
     parts = [
-        f"Predict how this user will rate the target item on a scale from {_num(scale.low)} to {_num(scale.high)}."
+        f"Predict how this user will rate the target item on a scale from {format_number(scale.low)} to {format_number(scale.high)}."
     ]
     parts.append("\nThe user's recent ratings, oldest first:")
     parts.extend(_history_block(inp.user_history, scale, review_chars, show_title=True) or ["- none"])
@@ -483,7 +357,3 @@ def fit_prompt(
         f"the prompt needs {n} tokens even with no history, above max_prompt_tokens={max_prompt_tokens}; "
         "raise max_prompt_tokens or shorten the item metadata"
     )
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from reczero.prompts import PromptInput
+from reczero.prompts import GENRE_KEYS, PromptInput, split_genres
 
 COPY_THRESHOLD = 0.8
 # A word is a run of letters/digits, with a decimal part kept whole ("3.96"), so numbers compare as numbers.
@@ -79,10 +79,6 @@ def _title_core(title: str) -> str:
     return _ARTICLE.sub("", core).strip().lower()
 
 
-def _genres(details: str | None) -> list[str]:
-    return [g.strip().lower() for g in (details or "").split(",") if g.strip()]
-
-
 def _average_forms(avg: float | None, count: int) -> tuple[str, ...]:
     if avg is None or not count:
         return ()
@@ -93,9 +89,9 @@ def _average_forms(avg: float | None, count: int) -> tuple[str, ...]:
 def prompt_facts(inp: PromptInput) -> PromptFacts:
     """The facts `inp`'s prompt shows about the user and about the target item."""
     user = [_title_core(line.title) for line in inp.user_history]
-    user += [g for line in inp.user_history for g in _genres(line.details)]
+    user += [g.lower() for line in inp.user_history for g in split_genres(line.details)]
     item = [_title_core(inp.item_title)]
-    item += [g for key, value in inp.item_details if key in ("Genres", "Categories") for g in _genres(value)]
+    item += [g.lower() for key, value in inp.item_details if key in GENRE_KEYS for g in split_genres(value)]
     keep = lambda phrases: tuple(dict.fromkeys(p for p in phrases if len(p) >= 3))  # noqa: E731
     return PromptFacts(
         user_phrases=keep(user),

@@ -1,7 +1,8 @@
-"""The rating scale: a closed interval with a step (1-5 stars, 0.5-5 half stars, 1-10), and the known scales.
+"""The rating scale: a closed interval with a step (1-5 stars, 0.5-5 half stars, 1-10), the known scales,
+and the one way to round onto a scale's grid and to write a scale's numbers.
 
-Pure (standard library only): prompts, rewards and metrics read the scale from here; the data readers
-declare or detect it (`reczero.data.schema` re-exports both names for them).
+Pure (standard library only): prompts, rewards, rationales and metrics read the scale from here; the data
+readers declare or detect it (`reczero.data.schema` re-exports both names for them).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class RatingScale:
 
     @property
     def name(self) -> str:
-        return f"{_num(self.low)}-{_num(self.high)}"
+        return f"{format_number(self.low)}-{format_number(self.high)}"
 
     def contains(self, value: float) -> bool:
         return math.isfinite(value) and self.low <= value <= self.high
@@ -79,8 +80,24 @@ class RatingScale:
         raise ValueError(f"ratings span {lo}..{hi}, which fits no known scale; declare one (e.g. scale: '0-100')")
 
 
-def _num(x: float) -> str:
+def format_number(x: float) -> str:
+    """A scale bound or step as people write it: '5', not '5.0'; '0.5' stays."""
     return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def round_to_scale(value: float, scale: RatingScale) -> float:
+    """The nearest value on the scale's grid, halves rounded up (4.5 -> 5 on 1-5), clipped."""
+    steps = math.floor((value - scale.low) / scale.step + 0.5 + 1e-9)
+    return scale.clip(round(scale.low + steps * scale.step, 6))
+
+
+def round_up_from(value: float, round_up_at: float, low: float, high: float, step: float = 1.0) -> float:
+    """`value` on the grid low, low + step, ..., high, rounded up when its fraction of a step is at least
+    `round_up_at` (0.5: ordinary rounding; the compact rule teacher's is chosen on validation)."""
+    steps = (value - low) / step
+    whole = math.floor(steps + 1e-9)
+    rating = low + (whole + (steps - whole >= round_up_at - 1e-6)) * step
+    return min(max(rating, low), high)
 
 
 SCALES: dict[str, RatingScale] = {

@@ -94,27 +94,6 @@ def test_a_trainable_lm_head_falls_back_to_the_model_logits(tiny_tokenizer):
         _close_to(grad, expected_grads[name], 1e-5, name)
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_head_logprobs_in_chunks_equals_autograd_through_the_logits(monkeypatch, bias):
-    """The chunked head (gradient from each chunk's softmax, computed in the forward pass) equals
-    log_softmax(h @ W.T + b) and its autograd gradient; 7 rows in chunks of 16 elements / 5 = 3 rows."""
-    monkeypatch.setattr(forward, "_HEAD_CHUNK_ELEMENTS", 16)
-    gen = torch.Generator().manual_seed(0)
-    head = torch.nn.Linear(6, 5, bias=bias).requires_grad_(False)
-    hidden = torch.randn(7, 6, generator=gen, dtype=torch.float64).float().requires_grad_()
-    tokens = torch.randint(0, 5, (7,), generator=gen)
-    weights = torch.randn(7, generator=gen)
-    out = forward.head_logprobs(head, hidden, tokens, temperature=0.7)
-    (out * weights).sum().backward()
-    grad, hidden.grad = hidden.grad.clone(), None
-    expected = torch.log_softmax(head(hidden) / 0.7, -1).gather(-1, tokens[:, None]).squeeze(-1)
-    (expected * weights).sum().backward()
-    torch.testing.assert_close(out, expected.detach(), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(grad, hidden.grad, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="temperature"):
-        forward.head_logprobs(head, hidden, tokens, temperature=0.0)
-
-
 def test_pack_lanes_and_the_lane_count():
     # longest first into the emptiest lane: 9 -> lane 0 (9), 7 -> lane 1 (7), 3 -> lane 1 (10),
     # 2 -> lane 0 (11), 1 -> lane 1 (11)

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from reczero import prompts
+from reczero import prompts, rationales
 from reczero.answers import TEMPLATES, check_format, parse_rating
 from reczero.prompts import (
     SYSTEM_PROMPT,
@@ -258,7 +258,7 @@ def test_example_answer_is_a_passing_answer_shown_after_the_skeleton():
 
     for name in ("1-5", "0.5-5", "1-10"):
         scale = SCALES[name]
-        example = prompts.example_answer("u|i|1", scale, scale.low + 0.6 * scale.span)
+        example = rationales.example_answer("u|i|1", scale, scale.low + 0.6 * scale.span)
         assert rewards.check_format(example, scale).ok
         inp = prompts.PromptInput(scale=scale, item_title="X")
         shown = prompts.user_message(inp, example=example)

@@ -4,12 +4,12 @@ grounded; one that talks about something else is not."""
 
 from __future__ import annotations
 
-from reczero import answers, prompts, reasoning, rewards
+from reczero import answers, prompts, rationales, reasoning, rewards
 from reczero.prompts import HistoryLine, PromptInput
-from reczero.scale import SCALES
+from reczero.scale import SCALES, round_to_scale
 
 SCALE = SCALES["1-5"]
-EXAMPLE = prompts.example_answer("u1|i1|100", SCALE, 3.5, ("Drama", "Comedy", "Horror"))
+EXAMPLE = rationales.example_answer("u1|i1|100", SCALE, 3.5, ("Drama", "Comedy", "Horror"))
 SOURCES = prompts.copy_sources(SCALE, EXAMPLE)
 
 
@@ -89,7 +89,7 @@ def test_a_grounded_answer_passes_and_is_grounded():
 
 def test_an_answer_in_the_examples_words_about_this_prompt_is_not_a_copy():
     """Following the example's structure with this prompt's own facts is what the example is for."""
-    text, _ = prompts.rationale(make_input(), 3.5)
+    text, _ = rationales.rationale(make_input(), 3.5)
     assert not rewards.check_format(text, SCALE, copy_sources=SOURCES).copied
 
 
@@ -121,20 +121,20 @@ def test_grounding_ignores_the_year_and_a_trailing_article_of_titles():
 
 
 def test_the_example_varies_per_prompt_and_passes_the_format():
-    other = prompts.example_answer("u2|i9|200", SCALE, 3.5, ("Drama", "Comedy", "Horror"))
+    other = rationales.example_answer("u2|i9|200", SCALE, 3.5, ("Drama", "Comedy", "Horror"))
     assert other != EXAMPLE
     for scale_name in ("1-5", "0.5-5", "1-10"):
         scale = SCALES[scale_name]
-        text = prompts.example_answer("k", scale, (scale.low + scale.high) / 2)
+        text = rationales.example_answer("k", scale, (scale.low + scale.high) / 2)
         assert rewards.check_format(text, scale).ok
 
 
 def test_the_rationale_adds_the_users_offset_to_the_items_average():
-    text, rating = prompts.rationale(make_input(), 3.5)
+    text, rating = rationales.rationale(make_input(), 3.5)
     assert "4.2 + 0.5 = 4.7" in text and rating == 5
-    low, low_rating = prompts.rationale(PromptInput(scale=SCALE, item_title="X", user_avg=2.04, user_count=3), 3.5)
+    low, low_rating = rationales.rationale(PromptInput(scale=SCALE, item_title="X", user_avg=2.04, user_count=3), 3.5)
     assert "3.5 - 1.5 = 2.0" in low and low_rating == 2  # no item ratings: the typical value stands in
-    assert prompts.round_to_scale(3.45, SCALE) == 3 and prompts.round_to_scale(3.5, SCALE) == 4
+    assert round_to_scale(3.45, SCALE) == 3 and round_to_scale(3.5, SCALE) == 4
 
 
 def test_a_huge_block_is_not_compared_quadratically():

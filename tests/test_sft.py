@@ -23,9 +23,10 @@ from reczero.modules.grpo_module import GRPOModule
 from reczero.modules.sft_module import SFTModule, completion_loss, policy_completion_loss
 from reczero.policy.adapters import reference_mode, save_adapter, save_stacked_adapter
 from reczero.policy.factory import PolicyConfig, build_policy
-from reczero.prompts import copy_sources, example_answer, format_completion
+from reczero.prompts import copy_sources, format_completion
+from reczero.rationales import example_answer
 from reczero.recone import coldstart
-from reczero.recone.traces import leaks_hint
+from reczero.recone.hints import leaks_hint
 
 SCALE = SCALES["1-5"]
 PREFIX = "<analyze user>"

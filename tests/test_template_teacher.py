@@ -16,11 +16,10 @@ from reczero.prompts import (
     compact_copy_sources,
     compact_message,
     copy_sources,
-    example_answer,
-    genre_deviation,
     scores,
 )
-from reczero.recone.teacher import compact_trace, round_up_from, template_trace
+from reczero.rationales import compact_rationale, example_answer, genre_deviation, rationale
+from reczero.scale import round_up_from
 
 SCALE = SCALES["1-5"]
 
@@ -63,7 +62,7 @@ def test_genre_deviation_is_relative_to_the_shown_history():
     ],
 )
 def test_trace_passes_the_format_check_and_reasons_to_its_rating(overrides, rating, words):
-    text, got = template_trace(make_input(**overrides), 3.5)
+    text, got = rationale(make_input(**overrides), 3.5)
     example = example_answer("k", SCALE, 3.5, ("Comedy", "Drama", "Horror"))
     check = rewards.check_format(text, SCALE, copy_sources=copy_sources(SCALE, example))
     assert check.ok and check.rating == got == rating
@@ -72,7 +71,7 @@ def test_trace_passes_the_format_check_and_reasons_to_its_rating(overrides, rati
 
 def test_half_star_scale_rounds_to_its_step():
     inp = make_input(scale=SCALES["0.5-5"], user_avg=3.3, item_avg=3.0, item_details=[])
-    text, got = template_trace(inp, 3.5)  # 3.0 + (3.3 - 3.5) = 2.8 -> 3.0 on half stars
+    text, got = rationale(inp, 3.5)  # 3.0 + (3.3 - 3.5) = 2.8 -> 3.0 on half stars
     assert got == 3.0 and rewards.check_format(text, SCALES["0.5-5"]).rating == 3.0
 
 
@@ -132,7 +131,7 @@ def test_round_up_from(total, round_up_at, rating):
 def test_compact_trace_passes_the_format_check_is_grounded_and_adds_its_scores(overrides, words):
     inp = make_input(**overrides)
     score = scores(inp, 3.5, 0.0, 0.0)
-    text, rating = compact_trace(inp, score, 0.6)
+    text, rating = compact_rationale(inp, score, 0.6)
     check = rewards.check_format(text, SCALE, copy_sources=compact_copy_sources(SCALE))
     assert check.ok and check.rating == rating == round_up_from(score.total, 0.6, 1.0, 5.0)
     assert f"{score.item:.1f} {'-' if score.user < 0 else '+'} {abs(score.user):.1f} = {score.total:.1f}" in text

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 from tiny import scripted_generation, synthetic_data
 
-from reczero import answers, prompts, rewards
+from reczero import answers, prompts, rationales, rewards
 from reczero.data.batching import scale_of
 from reczero.data.render import PromptConfig
 from reczero.modules.grpo_module import GRPOModule
@@ -85,7 +85,7 @@ def _scale():
 
 def test_one_shot_example_follows_the_template():
     scale = _scale()
-    example = prompts.example_answer("u|i|1", scale, 3.5)
+    example = rationales.example_answer("u|i|1", scale, 3.5)
     for name, template in answers.TEMPLATES.items():
         shown = prompts.in_template(example, template.tags)
         assert rewards.check_format(shown, scale, name).ok, name

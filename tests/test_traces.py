@@ -12,8 +12,9 @@ from reczero.data.datamodule import RatingDataModule
 from reczero.data.samples import SampleConfig
 from reczero.data.schema import SCALES
 from reczero.data.sources import SourceConfig
+from reczero.data.traces import TraceError, load_traces, match_traces
 from reczero.prompts import format_completion
-from reczero.recone.traces import TraceError, leaks_hint, load_traces, match_traces
+from reczero.recone.hints import leaks_hint
 
 SCALE = SCALES["1-5"]
 

@@ -39,7 +39,7 @@ from reczero.data.render import PromptConfig, PromptRenderer
 from reczero.data.samples import SampleConfig, SampleTable, split_counts
 from reczero.data.schema import InteractionData
 from reczero.data.sources import SourceConfig
-from reczero.recone.traces import ON_BAD, load_traces, match_traces
+from reczero.data.traces import ON_BAD, load_traces, match_traces
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class RatingDataModule(L.LightningDataModule):
         tokenizer: the model (hub id, folder or `bundled:...`) whose tokenizer and chat template render
             the prompts: the policy's (`reczero` commands link it to `model.init_args.policy.model`).
             None: a tokenizer must be handed over with `set_tokenizer`.
-        traces: RecOne's SFT traces (JSONL, `reczero.recone.traces`), matched to train samples: train
+        traces: RecOne's SFT traces (JSONL, `reczero.data.traces`), matched to train samples: train
             batches are then prompt + trace completion (SFT) instead of prompts (GRPO).
         on_bad_trace: "error" stops at the first invalid or unmatched trace (naming file, line and
             reason); "skip" drops and counts them.
@@ -176,7 +176,7 @@ class RatingDataModule(L.LightningDataModule):
 
     @functools.cached_property
     def typical_rating(self) -> float:
-        """The mean rating of the train split's targets: the rule-based rationale's anchor (`prompts.rationale`)."""
+        """The mean rating of the train split's targets: the rule-based rationale's anchor (`rationales.rationale`)."""
         if self.table is None:
             self.setup()
         rows = self.data.interactions

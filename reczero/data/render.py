@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from reczero import prompts, rewards
+from reczero import prompts, rationales, rewards
 from reczero.data.samples import SampleTable
 from reczero.data.schema import SCALES, InteractionData, Item
 
@@ -86,7 +86,7 @@ class PromptConfig:
             user and item scores the match step adds, short hints; `prompts.compact_message`).
         user_shrink / item_shrink: the compact prompt's shrinkage of the user's and the item's
             average toward the typical rating (`prompts.scores`), in ratings.
-        round_up_at: the compact rule teacher's rounding (`recone.teacher.compact_trace`): a total
+        round_up_at: the compact rule's rounding (`rationales.compact_rationale`): a total
             is rounded up from this fraction of a step. Used by `coldstart --teacher template` and
             the `teacher_rule` baseline; the three constants are chosen on validation
             (benchmarks/tune_teacher.py).
@@ -201,12 +201,10 @@ class PromptRenderer:
         scale = inp.scale
         typical = self.typical(scale)
         if self.style == "compact":
-            from reczero.recone.teacher import compact_trace  # noqa: PLC0415 (the teacher sits above data)
-
-            made_up = prompts.example_input(inp.key, scale, typical, self.example_genres, inp)
-            answer = compact_trace(made_up, self.scores(made_up), self.round_up_at)[0]
+            made_up = rationales.example_input(inp.key, scale, typical, self.example_genres, inp)
+            answer = rationales.compact_rationale(made_up, self.scores(made_up), self.round_up_at)[0]
         else:
-            answer = prompts.example_answer(inp.key, scale, typical, self.example_genres, inp)
+            answer = rationales.example_answer(inp.key, scale, typical, self.example_genres, inp)
         return prompts.in_template(answer, self.tags)
 
     def typical(self, scale) -> float:

@@ -47,8 +47,8 @@ from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import prompt_input
 from reczero.evaluation.predictors import PREDICTORS, Predictor, TooLargeError, encode
 from reczero.evaluation.protocol import baseline_split, split_description
-from reczero.prompts import round_to_scale
-from reczero.recone.teacher import round_up_from, teacher_for
+from reczero.recone.teacher import teacher_for
+from reczero.scale import round_to_scale, round_up_from
 
 __all__ = ["DEFAULT_GRIDS", "BaselineResult", "format_table", "run_baselines"]
 

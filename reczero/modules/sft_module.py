@@ -1,7 +1,7 @@
 """`SFTModule`: RecOne's cold start, supervised fine-tuning on reasoning traces before the GRPO stage.
 
 Method (method.md, RecOne): about 1,000 four-tag traces (`reczero coldstart` builds them; format in
-`reczero.recone.traces`) teach the policy the Think-before-Recommendation format and a sensible reasoning
+`reczero.data.traces`) teach the policy the Think-before-Recommendation format and a sensible reasoning
 style; GRPO then starts from the saved adapter (`policy.adapter_path` in configs/recone.yaml).
 
 Training:

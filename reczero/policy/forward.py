@@ -5,10 +5,11 @@ compute the completion tokens' log-probs of rows of a rollout record (`rollout.r
 its `input_ids`, `attention_mask`, `completion_mask`, `prompt_width` and `group_size` are read) for
 the GRPO loss. Both run the decoder, keep the hidden states of the positions that predict a real
 completion token (padding is dropped before the LM head), and turn them into log-probs with
-`head_logprobs`, which never materialises the [tokens, vocabulary] logits of more than one chunk.
+`policy.logprobs.head_logprobs`, which never materialises the [tokens, vocabulary] logits of more than
+one chunk.
 `shared_prefix_logprobs` also packs the G completions of a group into a few rows ("lanes") that
 attend to the prompt's KV cache, so right-padding costs no decoder work either (`pack_lanes`).
-`_CACHE_KWARG` / `_cache_of` pass a KV cache into a transformers forward and read it back out across
+`cache_kwarg` / `cache_of` pass a KV cache into a transformers forward and read it back out across
 transformers versions; the rollout engine uses them too.
 """
 
@@ -18,64 +19,35 @@ import inspect
 
 import torch
 
-from reczero import grpo
+from reczero.policy.logprobs import head_logprobs, token_logprobs
 
-# rows of [rows, vocabulary] float32 logits that `head_logprobs` holds at once: 64 MiB for a 48k vocabulary
-_HEAD_CHUNK_ELEMENTS = 16 * 2**20
 # config fields of models whose LM head is more than `hidden @ weight.T` (softcapping, scaling)
 _SCALED_HEAD_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
 
 
-def _cache_kwarg() -> str:
-    """transformers 5.2x renamed `past_key_values` to `cache`; support both."""
-    from transformers import LlamaForCausalLM
+def cache_kwarg(module=None) -> str:
+    """The KV-cache argument name of `module.forward` (default: transformers' causal LM): transformers
+    5.2x renamed `past_key_values` to `cache`; both are supported."""
+    if module is None:
+        from transformers import LlamaForCausalLM
 
-    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+        forward = LlamaForCausalLM.forward
+    else:
+        forward = module.forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
-_CACHE_KWARG = _cache_kwarg()
+CACHE_KWARG = cache_kwarg()
 
 
-def _cache_of(out):
+def cache_of(out):
+    """The KV cache a transformers forward returned, under either name."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
 
 
-class _LinearTokenLogprobs(torch.autograd.Function):
-    """log softmax(hidden @ weight.T / T)[token] for a frozen `weight`, one chunk of rows at a time.
-
-    The derivative of a token's log-prob by its hidden state is (w_token - E_p[w]) / T, a vector of
-    the hidden size: it is computed in the forward pass from each chunk's softmax, so the backward
-    needs neither the logits nor their softmax. This costs the same matmuls as autograd through the
-    full logits (one projection, one softmax @ weight), but keeps [chunk, V] instead of [M, V] alive.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, tokens, temperature: float):  # [M, H], [V, H], [V] | None, [M]
-        rows = max(16, _HEAD_CHUNK_ELEMENTS // weight.shape[0])
-        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)  # [M]
-        jac = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if ctx.needs_input_grad[0] else None
-        for start in range(0, hidden.shape[0], rows):
-            h, tok = hidden[start : start + rows], tokens[start : start + rows]  # [c, H], [c]
-            z = (h @ weight.T).float()  # [c, V]
-            if bias is not None:
-                z += bias.float()
-            if temperature != 1.0:
-                z /= temperature
-            lse = torch.logsumexp(z, dim=-1)  # [c]
-            out[start : start + rows] = z.gather(-1, tok[:, None]).squeeze(-1) - lse
-            if jac is not None:
-                probs = z.sub_(lse[:, None]).exp_()  # [c, V], in place of the logits
-                expected = probs.to(weight.dtype) @ weight  # [c, H]: E_p[w]
-                jac[start : start + rows] = (weight[tok].float() - expected.float()) / temperature
-        ctx.save_for_backward(jac)
-        ctx.hidden_dtype = hidden.dtype
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):  # grad [M]
-        (jac,) = ctx.saved_tensors
-        return (grad[:, None] * jac).to(ctx.hidden_dtype), None, None, None, None
+# the names `rollout/engine.py` imports today; they go when it imports `CACHE_KWARG` and `cache_of`
+_CACHE_KWARG, _cache_of = CACHE_KWARG, cache_of
 
 
 def causal_lm(model):
@@ -115,13 +87,6 @@ def fused_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     return decoder, head
 
 
-def head_logprobs(head: torch.nn.Linear, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float):
-    """Log-probs [M] float32 of `tokens` [M] under the LM `head` applied to `hidden` [M, H]."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    return _LinearTokenLogprobs.apply(hidden, head.weight, head.bias, tokens, float(temperature))
-
-
 def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[n, C] float32 holding `values` [M] where `mask` [n, C] is True, 0 elsewhere (differentiably)."""
     return values.new_zeros(mask.shape).masked_scatter(mask, values)
@@ -143,7 +108,7 @@ def completion_logprobs(model, record, rows: slice | torch.Tensor, temperature: 
     if parts is None:
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=width + 1).logits
         logits = logits[:, :-1, :][keep]  # [M, V]: position t predicts completion token t
-        return _scatter(grpo.token_logprobs(logits[None], targets[None], temperature)[0], keep)
+        return _scatter(token_logprobs(logits[None], targets[None], temperature)[0], keep)
     decoder, head = parts
     hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state  # [n, P + C, H]
     hidden = hidden[:, -width - 1 : -1][keep]  # [M, H]
@@ -215,7 +180,7 @@ def shared_prefix_logprobs(
     prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # [k, P]
     out = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True)
     last = out.last_hidden_state[:, -1]  # [k, H]: predicts each completion's token 0
-    cache = _cache_of(out)
+    cache = cache_of(out)
 
     # Each completion's inputs are its tokens but the last (which only is a target).
     lengths = keep.sum(-1).tolist()  # [n]
@@ -254,7 +219,7 @@ def shared_prefix_logprobs(
         attention_mask=attn[:, None],  # [L, 1, T, P + T]
         position_ids=start + offset,
         use_cache=True,
-        **{_cache_kwarg_of(decoder): cache},
+        **{cache_kwarg(decoder): cache},
     ).last_hidden_state  # [L, T, H]
 
     # gather, row by row, the hidden state that predicts each completion token
@@ -267,8 +232,3 @@ def shared_prefix_logprobs(
     index_t = torch.tensor(index, dtype=torch.long, device=device)  # [M]
     targets = ids[:, p:][keep]  # [M], row-major like `index`
     return _scatter(head_logprobs(head, flat[index_t], targets, temperature), keep)
-
-
-def _cache_kwarg_of(module) -> str:
-    """The KV-cache argument name of `module.forward` (`cache` or `past_key_values`)."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"

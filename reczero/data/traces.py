@@ -1,4 +1,4 @@
-"""Reasoning traces for RecOne's SFT cold start: the JSONL format, its validation, and the hint-leak filter.
+"""The reasoning-trace file format: RecOne's SFT targets as JSONL, its validation, and matching to samples.
 
 A trace file holds one JSON object per line (blank lines are ignored):
 
@@ -16,7 +16,7 @@ A trace file holds one JSON object per line (blank lines are ignored):
 `load_traces` validates every line (JSON, fields, `rewards.check_format`, the rating) and either raises
 on the first bad line, naming the file, the line and the reason, or skips and counts bad lines.
 `match_traces` resolves traces to train-split sample positions of a `RatingDataModule`.
-`leaks_hint` is Reason4Rec's filter for explanations written with the true rating as a hint.
+`reczero coldstart` (`recone.coldstart`) writes such files; the DataModule reads them (`data.traces`).
 
 Pure: standard library plus `reczero.rewards` (the DataModule is duck-typed: `positions`, `sample_key`,
 `data`, `table`).
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,53 +172,3 @@ def match_traces(traces: list[Trace], datamodule, on_missing: str = "error") -> 
             "Use the data config the traces were built with, or on_bad_trace=skip"
         )
     return completions, len(problems)
-
-
-# -- hint leaks ----------------------------------------------------------------------------------
-# Rating talk the explanation must not contain (case-insensitive, whole words; "/<high>" and
-# "out of <high>" use the scale's top, e.g. "/5" and "out of 5" on 1-5).
-RATING_WORDS = ("rating", "ratings", "rated", "rate it", "star", "stars", "score", "scores", "scored")
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-_NUMBER_TOKEN = re.compile(r"(?<![\w.])[0-9]+(?:\.[0-9]+)?(?![\w])")
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def leaks_hint(completion: str, rating: float, scale: RatingScale) -> str | None:
-    """Why an explanation written with the true `rating` as a hint gives it away, or None when clean.
-
-    Reason4Rec's rule: the rationale must not state the hinted rating nor talk about ratings. Checked
-    on the reasoning, i.e. all text before the LAST `<rate>` tag (the three reasoning blocks and
-    anything around them; the whole text if there is no `<rate>`), case-insensitively, first hit wins:
-
-    1. ``number:<n>``: the rating as a standalone number: digits not inside a longer number or word
-       ("4", "4.0", "4.00", "4-star", "a 4." match for 4; "14", "3.4", "4.5", "4th" do not);
-    2. ``word:<w>``: the rating as a whole English word, "one" to "ten" ("four"; 3.5 as "three and a
-       half"). "one" is not checked for a rating of 1: as a pronoun ("no one", "one of") it is far too
-       common to mean the rating, and would drop most 1-star traces; digits and rating talk still apply;
-    3. ``talk:<w>``: rating talk, whole words or phrases: `RATING_WORDS` ("rating", "ratings", "rated",
-       "rate it", "star", "stars", "score", "scores", "scored"), "/<high>" and "out of <high>".
-
-    Conservative on purpose: a dropped trace costs one teacher call; a leaked hint teaches the
-    student to justify ratings it was never shown how to infer. Never raises on text.
-    """
-    text = completion[: completion.rfind("<rate>")] if "<rate>" in completion else completion
-    lower = text.lower()
-    for token in _NUMBER_TOKEN.findall(lower):
-        if abs(float(token) - rating) < EXACT_TOLERANCE:
-            return f"number:{token}"
-    whole, half = int(math.floor(rating)), rating - math.floor(rating)
-    if 0 <= whole < len(NUMBER_WORDS) and (whole != 1 or half):
-        word = NUMBER_WORDS[whole]
-        phrase = word if not half else (f"{word} and a half" if abs(half - 0.5) < 1e-9 else None)
-        if phrase and re.search(rf"\b{phrase.replace(' ', '[ -]')}\b", lower):
-            return f"word:{phrase}"
-    high = _fmt(scale.high)
-    for talk in (*RATING_WORDS, f"out of {high}"):
-        if re.search(rf"\b{re.escape(talk)}\b", lower):
-            return f"talk:{talk}"
-    if re.search(rf"/\s*{re.escape(high)}(?![0-9])", lower):
-        return f"talk:/{high}"
-    return None
