@@ -111,7 +111,7 @@ def test_bf16_micro_batches_accumulate_to_the_full_batch_gradient(tiny_tokenizer
     for loss_type in grpo.LOSS_TYPES:
         module = GRPOModule(loss=grpo.GRPOLossConfig(loss_type=loss_type), micro_batch_size=4)
         module.policy = policy
-        mask = module._loss_mask(record)
+        mask = grpo.loss_mask(record.completion_mask, record.truncated if module.loss_config.mask_truncated else None)
         whole = grpo.loss_denominator(mask, loss_type, mask.shape[1]).clamp(min=1)  # every part divides by it
         grads = []
         for chunks in ([slice(0, 8)], [slice(0, 4), slice(4, 8)]):

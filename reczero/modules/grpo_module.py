@@ -204,12 +204,6 @@ class GRPOModule(PolicyModule):
     def _logprobs_fn(self):
         return shared_prefix_logprobs if self._shared_prefix() else completion_logprobs
 
-    def _loss_mask(self, record: RolloutRecord) -> torch.Tensor:
-        mask = record.completion_mask  # [N, C]
-        if self.loss_config.mask_truncated:
-            mask = mask & ~record.truncated[:, None]
-        return mask
-
     def _skips_zero_rows(self) -> bool:
         """Rows of advantage 0 add exactly 0 with beta 0 and one pass; skipping them needs every rank's
         gradient to be synced once at the end of the step (one process, or DDP: `distributed`)."""
@@ -223,7 +217,8 @@ class GRPOModule(PolicyModule):
         record = record.to(self.device)
         start = time.perf_counter()
         cfg, world = self.loss_config, self.trainer.world_size
-        loss_mask = self._loss_mask(record)  # [N, C]
+        truncated = record.truncated if cfg.mask_truncated else None  # [N]
+        loss_mask = grpo.loss_mask(record.completion_mask, truncated)  # [N, C]: the tokens the loss counts
         n = record.input_ids.shape[0]
         rows = torch.arange(n, device=self.device)  # [N]
         if self._skips_zero_rows():
@@ -257,11 +252,12 @@ class GRPOModule(PolicyModule):
                     at = part.stop
                     loss, stats = grpo.grpo_loss(
                         logprobs(self.policy, record, chunk, temperature),  # [m, C]
-                        loss_mask[chunk],
+                        record.completion_mask[chunk],
                         record.advantages[chunk],
                         old_logp=None if old_logp is None else old_logp[part],
                         ref_logp=None if ref_logp is None else ref_logp[part],
                         cfg=cfg,
+                        truncated=record.truncated[chunk],
                         denominator=denominator,
                     )
                     self.manual_backward(loss)
