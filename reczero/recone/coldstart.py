@@ -13,13 +13,13 @@ hint and keep an explanation that reaches it without mentioning it (Reason4Rec's
      or its one-shot example answer (`data.prompt.answer_example`) are rejected too (`copied_example`);
   3. the others are asked again, the prompt extended by `hint_sentence(truth)`, `--hint-tries`
      completions each (default `--tries`; 0 skips this round); kept: the first that passes the
-     format, rates exactly the hint and does not leak it (`judge_hinted`, `traces.leaks_hint`);
+     format, rates exactly the hint and does not leak it (`judge_hinted`, `hints.leaks_hint`);
      else the sample is dropped.
 
 `--teacher template` replaces the model by `teacher` (rule-based, one try, no hint round)
 for machines where no model teacher is strong enough.
 
-Output: the traces JSONL (`reczero.recone.traces` format, plus `target` and `source` = "direct" | "hint"),
+Output: the traces JSONL (`reczero.data.traces` format, plus `target` and `source` = "direct" | "hint"),
 appended and flushed after every batch, and `<output>.stats.json` (rewritten after every batch):
 kept directly, kept after the hint, dropped by reason. Resumable: samples already in the output, or
 recorded as dropped in the stats, are skipped, and the run stops once the output holds `--num-traces`
@@ -44,8 +44,8 @@ from reczero.data.datamodule import RatingDataModule
 from reczero.data.render import prompt_input
 from reczero.modules.base import PolicyModule
 from reczero.prompts import answer_format, format_rating
+from reczero.recone.hints import leaks_hint
 from reczero.recone.teacher import TEACHER_NAME, teacher_for
-from reczero.recone.traces import leaks_hint
 from reczero.scale import EXACT_TOLERANCE, RatingScale
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,8 @@ def _tokenize(tokenizer, texts: list[str], device):
 
 
 def run_coldstart(model, tokenizer, dm, output: str | Path, cfg: ColdstartOptions) -> dict:
-    """Build traces for `dm`'s train split with `model` (eval mode; None: `teacher.template_trace`, one
-    deterministic try per sample, no hint round); returns the stats."""
+    """Build traces for `dm`'s train split with `model` (eval mode; None: the rule teacher
+    `teacher.teacher_for`, one deterministic try per sample, no hint round); returns the stats."""
     import torch
 
     from reczero.rollout.engine import SamplingConfig, generate
@@ -219,16 +219,11 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg: ColdstartOption
             truths = [ds.data.interactions[ds.table.target[ds.positions[i]]].rating for i in batch]
             kept: dict[int, tuple[str, float, str]] = {}
             failed: dict[int, list[Verdict]] = {}  # b -> the verdicts that drop it, unless a hinted try is kept
-            for b, texts in enumerate(sample(batch, prompts, cfg.tries)):
-                idx, verdicts = first_kept(
-                    texts,
-                    partial(judge_direct, truth=truths[b], scale=scale, tolerance=cfg.tolerance, sources=sources[b]),
-                )
-                _count(stats["direct_rejects"], verdicts if idx is None else verdicts[:idx])
-                if idx is not None:
-                    kept[b] = (texts[idx], verdicts[idx].rating, "direct")
-                else:
-                    failed[b] = verdicts
+            direct = [
+                partial(judge_direct, truth=truths[b], scale=scale, tolerance=cfg.tolerance, sources=sources[b])
+                for b in range(len(batch))
+            ]
+            _keep_first(sample(batch, prompts, cfg.tries), range(len(batch)), direct, "direct", stats, kept, failed)
             retry = [b for b in range(len(batch)) if b not in kept]
             if retry and hint_tries:
                 hinted = sample(
@@ -236,27 +231,10 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg: ColdstartOption
                     [add_hint(prompts[b], truths[b], scale, examples[b]) for b in retry],
                     hint_tries,
                 )
-                for b, texts in zip(retry, hinted):
-                    idx, verdicts = first_kept(
-                        texts, partial(judge_hinted, truth=truths[b], scale=scale, sources=sources[b])
-                    )
-                    _count(stats["hint_rejects"], verdicts if idx is None else verdicts[:idx])
-                    if idx is not None:
-                        kept[b] = (texts[idx], verdicts[idx].rating, "hint")
-                        del failed[b]
-                    else:
-                        failed[b] = verdicts
-            for b, verdicts in failed.items():
-                reason = drop_reason(verdicts)
-                stats["dropped"] += 1
-                stats["drop_reasons"][reason] = stats["drop_reasons"].get(reason, 0) + 1
-                stats["dropped_keys"][dm.sample_key(ds.positions[batch[b]])] = reason
-            for b, (text, rating, source) in sorted(kept.items()):
-                key = dm.sample_key(ds.positions[batch[b]])
-                line = {"key": key, "completion": text, "rating": rating, "target": truths[b], "source": source}
-                out.write(json.dumps(line) + "\n")
-                stats["kept_direct" if source == "direct" else "kept_hint"] += 1
-                have += 1
+                judges = [partial(judge_hinted, truth=truths[b], scale=scale, sources=sources[b]) for b in retry]
+                _keep_first(hinted, retry, judges, "hint", stats, kept, failed)
+            keys = [dm.sample_key(ds.positions[i]) for i in batch]
+            have += _write_batch(out, keys, truths, kept, failed, stats)
             out.flush()
             os.fsync(out.fileno())
             _write_json(stats_path, stats)
@@ -264,6 +242,34 @@ def run_coldstart(model, tokenizer, dm, output: str | Path, cfg: ColdstartOption
     stats["tokens"] = trace_token_stats(output, tokenizer, prefix, ds, dm.sample_key)
     _write_json(stats_path, stats)
     return stats
+
+
+def _keep_first(samples, rows, judges, source: str, stats: dict, kept: dict, failed: dict) -> None:
+    """Judge each row's tries (`samples` and `judges`, one per row of `rows`): the first kept try wins
+    (`kept[b]` = (text, rating, source)), else the row's verdicts go to `failed[b]`; the tries rejected
+    before it count in `stats["<source>_rejects"]`."""
+    for b, texts, judge in zip(rows, samples, judges):
+        idx, verdicts = first_kept(texts, judge)
+        _count(stats[f"{source}_rejects"], verdicts if idx is None else verdicts[:idx])
+        if idx is not None:
+            kept[b] = (texts[idx], verdicts[idx].rating, source)
+            failed.pop(b, None)
+        else:
+            failed[b] = verdicts
+
+
+def _write_batch(out, keys: list[str], truths: list[float], kept: dict, failed: dict, stats: dict) -> int:
+    """Write a batch's kept traces (in batch order) and count its drops; returns how many were kept."""
+    for b, verdicts in failed.items():
+        reason = drop_reason(verdicts)
+        stats["dropped"] += 1
+        stats["drop_reasons"][reason] = stats["drop_reasons"].get(reason, 0) + 1
+        stats["dropped_keys"][keys[b]] = reason
+    for b, (text, rating, source) in sorted(kept.items()):
+        line = {"key": keys[b], "completion": text, "rating": rating, "target": truths[b], "source": source}
+        out.write(json.dumps(line) + "\n")
+        stats["kept_direct" if source == "direct" else "kept_hint"] += 1
+    return len(kept)
 
 
 def _percentiles(values: list[int]) -> dict:
