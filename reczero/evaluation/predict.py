@@ -367,7 +367,17 @@ class PredictOptions(PolicyOptions):
     """`reczero predict`'s own options (besides the policy's).
 
     Args:
-        requests: a JSONL file of requests, or - for stdin.
+        requests: a JSONL file of requests, or - for stdin: one JSON object a line (blank lines are
+            ignored). By ids, looked up in the --config dataset: {"user": ID, "item": ID} with optional
+            "id" (any value, echoed in the output) and "timestamp" (unix seconds: the prompt shows only
+            interactions strictly before it; default: all). Inline, no dataset needed: {"item": {"title":
+            ...}} with optional "id", "scale" ("1-5" default, "0.5-5", "1-10"), item fields "genres" (a
+            list), "year", "brand", "price", "description", "user_history" (oldest first, each {"title",
+            "rating"} with optional "review", "genres" or "details"), "item_history" (each {"rating"}
+            with optional "review"), "user_avg", "user_count", "item_avg", "item_count". Example:
+            {"id": "r1", "user": "196", "item": "242"}. Output, one line per request: line, id, rating
+            (null when unparsed), fallback, fallback_used, prediction, format_ok, completion.
+            Reference: docs/data.md.
         on_bad_row: "error" stops at the first bad line; "skip" warns on stderr and counts it.
     """
 
@@ -381,7 +391,9 @@ class PredictOptions(PolicyOptions):
 
 
 def predict_command(data: RatingDataModule, model: PolicyModule, options: PredictOptions) -> int:
-    """Rate requests (JSONL) with a policy: one JSON line per request on stdout."""
+    """Rate requests (JSONL) with a policy: one JSON line per request on stdout. A request names a user and an
+    item of the --config dataset ({"user": "196", "item": "242"}) or carries the history inline (--requests).
+    """
     source = "<stdin>" if options.requests == "-" else options.requests
     try:
         if options.requests == "-":
