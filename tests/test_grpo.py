@@ -13,6 +13,7 @@ from reczero.grpo import (
     group_advantages,
     grpo_loss,
     k3_kl,
+    loss_mask,
     masked_mean,
     reduce_loss,
     zero_std_group_fraction,
@@ -222,6 +223,14 @@ def test_truncated_rows_are_masked():
     close(loss, -0.2)
     with pytest.raises(ValueError, match="truncated"):
         grpo_loss(_logp(), LOSS_MASK, ADV, cfg=cfg, truncated=torch.tensor([True]))
+
+
+def test_loss_mask_drops_truncated_rows_only_when_given():
+    truncated = torch.tensor([False, True])
+    assert loss_mask(LOSS_MASK).tolist() == LOSS_MASK.tolist()
+    assert loss_mask(LOSS_MASK, truncated).tolist() == [[True, True, False], [False, False, False]]
+    with pytest.raises(ValueError, match="truncated"):
+        loss_mask(LOSS_MASK, torch.tensor([True]))
 
 
 def test_clip_stats_with_old_logp():
