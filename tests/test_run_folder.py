@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,7 @@ def test_fit_on_another_source_writes_nothing_under_the_demo_folder(tmp_path, mo
     checkpoint = next(c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint))
     assert cli.trainer.default_root_dir == folder
     assert cli.trainer.logger.save_dir == folder
-    assert checkpoint.dirpath == str(tmp_path / folder)
+    assert checkpoint.dirpath == os.path.realpath(tmp_path / folder)
     assert cli.model.hparams.adapter_dir == f"{folder}/adapter"
     assert cli.model.hparams.rollout_log == f"{folder}/rollouts.jsonl"
     assert not (tmp_path / DEMO).exists()
