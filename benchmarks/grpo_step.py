@@ -3,11 +3,14 @@
     pip install -e '.[bench]'        # TRL 1.16.0 (never a dependency of reczero itself)
     python benchmarks/grpo_step.py --path ../shared/data/ml-100k [--runs 3] [--steps 3] [--warmup 1]
         [--precisions fp32,bf16] [--workloads shaped,strict] [--trl-variant default]
+    python benchmarks/grpo_step.py --path synthetic --model DIR --engines reczero --runs 1 --steps 1 \
+        --warmup 0 --max-new-tokens 4 --out /tmp/x.json   # a smoke run (tests/test_bench.py)
     python benchmarks/grpo_step.py --explore-trl default,no_checkpointing,static_cache,continuous_batching  # TRL options
 
 Each engine runs in its own process (peak RSS is each one's own), with the same settings: the
 bundled SmolLM2-135M-Instruct, LoRA r=16 / alpha 32 on all linear layers, one prompt per step, G=8
-completions, at most 128 new tokens (EOS the only stop), temperature 1.0, top-p 1.0, beta 0, one
+completions, at most 128 new tokens (stopping at EOS or where the reward template's answer ends,
+`</rate>`: reczero's rollout always stops there, and TRL gets it as `generation_kwargs.stop_strings`), temperature 1.0, top-p 1.0, beta 0, one
 optimisation pass, token-mean loss, lr 1e-5, seed 0, and the same ML-100K training prompts in the
 same order, rendered as `make train-grpo` renders them (6 + 6 history records, `<analyze user>` as
 the answer's start, the one-shot example). Workloads: "shaped" scores with the default recipe's
@@ -38,7 +41,8 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-G, MAX_NEW, LR, SEED = 8, 128, 1e-5, 0
+G, MAX_NEW, MAX_PROMPT, LR, SEED = 8, 128, 512, 1e-5, 0
+BUNDLED = "bundled:smollm2-135m-instruct"  # reczero.policy.bundled.BUNDLED, without importing reczero here
 RESPONSE_PREFIX = "<analyze user>"
 WORKLOADS = {"shaped": 0.8, "strict": 0.0}  # format_shaping of the reward
 # TRL options a careful CPU user would try; "default" is GRPOConfig's (gradient checkpointing on)
@@ -51,36 +55,52 @@ TRL_VARIANTS = {
 }
 
 
-def prompt_config():
+def source(path: str):
+    """ML-100K at `path`; "synthetic": the built-in synthetic set (smoke runs, no data needed)."""
+    from reczero.data.sources import SourceConfig
+
+    return (
+        SourceConfig(format="synthetic") if path == "synthetic" else SourceConfig(format="movielens-100k", path=path)
+    )
+
+
+def stop_strings(spec) -> list[str]:
+    """Where the reward template's answers end: both engines stop there (and at EOS)."""
+    from reczero import rewards
+
+    return list(rewards.get_template(spec.template).stop_strings)
+
+
+def prompt_config(max_prompt_tokens: int = MAX_PROMPT):
     """How `make train-grpo` renders prompts (configs/grpo.yaml's `data.prompt`)."""
     from reczero.data.render import PromptConfig
 
-    return PromptConfig(max_prompt_tokens=512, review_chars=80, response_prefix=RESPONSE_PREFIX, answer_example=True)
+    return PromptConfig(
+        max_prompt_tokens=max_prompt_tokens, review_chars=80, response_prefix=RESPONSE_PREFIX, answer_example=True
+    )
 
 
-def datamodule(path: str):
+def datamodule(path: str, model: str = BUNDLED, max_prompt_tokens: int = MAX_PROMPT):
     from reczero.data.datamodule import RatingDataModule
     from reczero.data.samples import SampleConfig
-    from reczero.data.sources import SourceConfig
-    from reczero.policy.bundled import BUNDLED
 
     return RatingDataModule(
-        source=SourceConfig(format="movielens-100k", path=path),
+        source=source(path),
         samples=SampleConfig(user_history=6, item_history=6),
-        prompt=prompt_config(),
-        tokenizer=BUNDLED,
+        prompt=prompt_config(max_prompt_tokens),
+        tokenizer=model,
         batch_size=1,
         seed=SEED,
     )
 
 
-def prompt_set(path: str, count: int):
+def prompt_set(path: str, model: str, count: int, max_prompt_tokens: int = MAX_PROMPT):
     """The first `count` training prompts in our sampler's order: (rendered text, target, the texts its
     reasoning must not copy), as reczero's rollout scores them."""
     from reczero.policy.factory import PolicyConfig, load_tokenizer
 
-    tok = load_tokenizer(PolicyConfig())
-    dm = datamodule(path)
+    tok = load_tokenizer(PolicyConfig(model=model))
+    dm = datamodule(path, model, max_prompt_tokens)
     dm.set_tokenizer(tok)
     dm.setup()
     loader = iter(dm.train_dataloader())
@@ -93,7 +113,9 @@ def prompt_set(path: str, count: int):
     return tok, out
 
 
-def run_reczero(path: str, steps: int, precision: str, shaping: float, max_new: int = MAX_NEW) -> dict:
+def run_reczero(
+    path: str, model: str, steps: int, precision: str, shaping: float, max_new: int, max_prompt_tokens: int
+) -> dict:
     import lightning as L
     import torch
 
@@ -105,13 +127,17 @@ def run_reczero(path: str, steps: int, precision: str, shaping: float, max_new: 
 
     L.seed_everything(SEED)
     dtype = {"fp32": "float32", "bf16": "bfloat16"}[precision]
+    spec = rewards.RewardSpec(format_shaping=shaping)
     module = GRPOModule(
-        policy=PolicyConfig(lora_r=16, lora_alpha=32, dtype=dtype),
-        prompt=prompt_config(),
-        rollout=RolloutConfig(group_size=G, max_new_tokens=max_new, temperature=1.0, stop_strings=()),
-        reward=rewards.RewardSpec(format_shaping=shaping),
+        policy=PolicyConfig(model=model, lora_r=16, lora_alpha=32, dtype=dtype),
+        prompt=prompt_config(max_prompt_tokens),
+        rollout=RolloutConfig(
+            group_size=G, max_new_tokens=max_new, temperature=1.0, stop_strings=tuple(stop_strings(spec))
+        ),
+        reward=spec,
         learning_rate=LR,
         micro_batch_size=G,
+        val_max_new_tokens=max_new,  # the bench never validates
     )
     rows: list[dict] = []
     gen_cpu = [0.0]
@@ -151,11 +177,20 @@ def run_reczero(path: str, steps: int, precision: str, shaping: float, max_new: 
         num_sanity_val_steps=0, enable_progress_bar=False, callbacks=[Timer()],
     )  # fmt: skip
     torch.manual_seed(SEED)
-    trainer.fit(module, datamodule=datamodule(path))
+    trainer.fit(module, datamodule=datamodule(path, model, max_prompt_tokens))
     return {"steps": rows}
 
 
-def run_trl(path: str, steps: int, precision: str, shaping: float, variant: str, max_new: int = MAX_NEW) -> dict:
+def run_trl(
+    path: str,
+    model_name: str,
+    steps: int,
+    precision: str,
+    shaping: float,
+    variant: str,
+    max_new: int,
+    max_prompt_tokens: int,
+) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -163,10 +198,10 @@ def run_trl(path: str, steps: int, precision: str, shaping: float, variant: str,
     from trl import GRPOConfig, GRPOTrainer
 
     from reczero import rewards
-    from reczero.policy.bundled import bundled_model_dir
+    from reczero.policy.factory import resolve_model_path
     from reczero.scale import SCALES
 
-    tok, prompts = prompt_set(path, steps)
+    tok, prompts = prompt_set(path, model_name, steps, max_prompt_tokens)
     data = Dataset.from_dict({"prompt": [p for p, _, _ in prompts], "index": list(range(len(prompts)))})
     spec = rewards.RewardSpec(format_shaping=shaping)
 
@@ -177,7 +212,7 @@ def run_trl(path: str, steps: int, precision: str, shaping: float, variant: str,
         ]
 
     weights = torch.bfloat16 if variant == "bf16_weights" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=weights)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_name), dtype=weights)
     rows: list[dict] = []
     gen_time = [0.0, 0.0]  # wall, CPU
 
@@ -207,7 +242,7 @@ def run_trl(path: str, steps: int, precision: str, shaping: float, variant: str,
         per_device_train_batch_size=G, num_generations=G, max_completion_length=max_new, temperature=1.0,
         top_p=1.0, beta=0.0, learning_rate=LR, max_steps=steps, logging_steps=1, report_to=[],
         shuffle_dataset=False, gradient_accumulation_steps=1, save_strategy="no", seed=SEED, loss_type="dapo",
-        **options,
+        generation_kwargs={"stop_strings": stop_strings(spec)}, **options,
     )  # fmt: skip
     trainer = GRPOTrainer(
         model=model, reward_funcs=[reward], args=config, train_dataset=data, processing_class=tok,
@@ -220,10 +255,12 @@ def run_trl(path: str, steps: int, precision: str, shaping: float, variant: str,
         if original is None:
             continue
 
-        def timed(*args, _original=original, **kwargs):
+        def timed(*args, _original=original, _name=name, **kwargs):
             start, cpu = time.perf_counter(), time.process_time()
+            if _name == "generate":  # transformers needs the tokenizer to match stop strings
+                kwargs.setdefault("tokenizer", tok)
             try:
-                return _original(*args, **kwargs)
+                return ends_with_eos(_original(*args, **kwargs), kwargs.get("input_ids"), tok)
             finally:
                 gen_time[0] += time.perf_counter() - start
                 gen_time[1] += time.process_time() - cpu
@@ -237,16 +274,41 @@ def run_trl(path: str, steps: int, precision: str, shaping: float, variant: str,
     return {"steps": rows}
 
 
+def ends_with_eos(sequences, input_ids, tok):
+    """transformers pads a row that a stop string ended; TRL cuts completions at the first EOS only, so
+    the padding becomes EOS (a no-op where pad is EOS, as in SmolLM2) and is not trained as completion."""
+    if input_ids is None or not hasattr(sequences, "shape") or tok.pad_token_id == tok.eos_token_id:
+        return sequences
+    completion = sequences[:, input_ids.shape[1] :]  # [B, C] view: the fix writes through
+    completion[completion == tok.pad_token_id] = tok.eos_token_id
+    return sequences
+
+
 def child(args) -> None:
     import torch
 
     shaping = WORKLOADS[args.workload]
     start_load = os.getloadavg()
     if args.engine == "reczero":
-        result = run_reczero(args.path, args.steps + args.warmup, args.precision, shaping, args.max_new_tokens)
+        result = run_reczero(
+            args.path,
+            args.model,
+            args.steps + args.warmup,
+            args.precision,
+            shaping,
+            args.max_new_tokens,
+            args.max_prompt_tokens,
+        )
     else:
         result = run_trl(
-            args.path, args.steps + args.warmup, args.precision, shaping, args.trl_variant, args.max_new_tokens
+            args.path,
+            args.model,
+            args.steps + args.warmup,
+            args.precision,
+            shaping,
+            args.trl_variant,
+            args.max_new_tokens,
+            args.max_prompt_tokens,
         )
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result["threads"] = torch.get_num_threads()
@@ -282,7 +344,8 @@ def pool(results: list[dict], warmup: int) -> dict:
 def launch(args, engine: str, precision: str, workload: str, variant: str) -> dict:
     cmd = [sys.executable, __file__, "--engine", engine, "--path", args.path, "--precision", precision]
     cmd += ["--workload", workload, "--trl-variant", variant, "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    cmd += ["--max-new-tokens", str(args.max_new_tokens)]
+    cmd += ["--max-new-tokens", str(args.max_new_tokens), "--max-prompt-tokens", str(args.max_prompt_tokens)]
+    cmd += ["--model", args.model]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -311,15 +374,19 @@ def machine() -> dict:
 
 
 def compare(args, workload: str, precision: str, variant: str) -> dict:
-    """`args.runs` alternating runs of both engines on one workload and precision."""
-    raw: dict[str, list[dict]] = {"reczero": [], "trl": []}
+    """`args.runs` alternating runs of the engines (both by default) on one workload and precision."""
+    engines = args.engines.split(",")
+    raw: dict[str, list[dict]] = {engine: [] for engine in engines}
     for run in range(args.runs):
-        for engine in ("reczero", "trl") if run % 2 == 0 else ("trl", "reczero"):
+        for engine in engines if run % 2 == 0 else engines[::-1]:
             result = launch(args, engine, precision, workload, variant)
             if "error" in result:
                 raise SystemExit(f"{engine} ({workload}, {precision}) failed:\n{result['error']}")
             raw[engine].append(result)
             print(f"  run {run + 1}/{args.runs} {engine}: {summarise(result, args.warmup)}", flush=True)
+    summary = {engine: summarise(pool(results, args.warmup), 0) for engine, results in raw.items()}
+    if len(engines) < 2:
+        return {"summary": summary, "raw": raw}
     per_run = [
         {
             "trained_tokens_per_s": summarise(r, args.warmup)["trained_tokens_per_s"]
@@ -331,7 +398,6 @@ def compare(args, workload: str, precision: str, variant: str) -> dict:
         }
         for r, t in zip(raw["reczero"], raw["trl"])
     ]
-    summary = {engine: summarise(pool(results, args.warmup), 0) for engine, results in raw.items()}
     ours, theirs = summary["reczero"], summary["trl"]
     pooled = {
         "trained_tokens_per_s": ours["trained_tokens_per_s"] / theirs["trained_tokens_per_s"],
@@ -355,6 +421,8 @@ def table(name: str, block: dict) -> str:
             f"{row['generated_tokens_per_s']:.1f} | {row['trained_tokens_per_s']:.1f} | {row['step_cpu_s']:.1f} | "
             f"{row['trained_tokens_per_cpu_s']:.1f} | {zero} | {row['peak_rss_gib']:.2f} |"
         )
+    if "pooled_ratios" not in block:
+        return "\n".join(lines)
     p = block["pooled_ratios"]
     runs = ", ".join(f"{r['trained_tokens_per_s']:.2f}x" for r in block["per_run_ratios"])
     cpu_runs = ", ".join(f"{r['trained_tokens_per_cpu_s']:.2f}x" for r in block["per_run_ratios"])
@@ -368,7 +436,7 @@ def table(name: str, block: dict) -> str:
 
 def header(args) -> dict:
     """What a results file records besides the results: the machine, the command, the settings."""
-    keys = ("runs", "steps", "warmup", "trl_variant", "max_new_tokens")
+    keys = ("runs", "steps", "warmup", "trl_variant", "max_new_tokens", "max_prompt_tokens", "model", "engines")
     settings = {key: getattr(args, key) for key in keys} | {"threads": args.threads or "default"}
     return {"machine": machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]), "settings": settings}
 
@@ -406,7 +474,9 @@ def main() -> None:
     from reczero.policy.precision import cpu_bf16_flags
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--path", default="../shared/data/ml-100k")
+    ap.add_argument("--path", default="../shared/data/ml-100k", help='ML-100K folder, or "synthetic"')
+    ap.add_argument("--model", default=BUNDLED, help="policy model (a folder for smoke runs)")
+    ap.add_argument("--engines", default="reczero,trl", help="comma-separated: reczero, trl")
     ap.add_argument("--steps", type=int, default=3, help="measured steps per run")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--runs", type=int, default=3, help="runs per engine, alternating; medians pool their steps")
@@ -420,8 +490,9 @@ def main() -> None:
     )
     ap.add_argument("--explore-trl", default=None, help="comma-separated TRL variants to time instead")
     ap.add_argument("--max-new-tokens", type=int, default=MAX_NEW, help="per completion (lower: a quick check only)")
+    ap.add_argument("--max-prompt-tokens", type=int, default=MAX_PROMPT, help="prompt budget (as configs/grpo.yaml)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in both engines (0: torch's default)")
-    ap.add_argument("--out", default="grpo_step.json", help="file name under benchmarks/results/")
+    ap.add_argument("--out", default="grpo_step.json", help="file name under benchmarks/results/, or a path")
     ap.add_argument("--engine", choices=["reczero", "trl"], default=None, help="(internal) run one engine")
     ap.add_argument("--precision", default="fp32", help="(internal)")
     ap.add_argument("--workload", default="shaped", help="(internal)")
@@ -433,6 +504,7 @@ def main() -> None:
         explore_trl(args)
         return
     out = {**header(args), "results": {}}
+    out_path = RESULTS / args.out  # an absolute --out stays as given
     for workload in args.workloads.split(","):
         for precision in args.precisions.split(","):
             variant = best_trl_variant(precision) if args.trl_variant == "best" else args.trl_variant
@@ -443,9 +515,9 @@ def main() -> None:
             block = compare(args, workload, precision, variant)
             out["results"][f"{workload}/{precision}"] = {"trl_variant": variant, **block}
             print(table(name, block), flush=True)
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / args.out).write_text(json.dumps(out, indent=2))
-    print(f"wrote {RESULTS / args.out}")
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":

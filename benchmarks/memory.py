@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from grpo_step import LR, MAX_NEW, WORKLOADS, G, datamodule  # noqa: E402
+from grpo_step import LR, MAX_NEW, WORKLOADS, G, datamodule, stop_strings  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 GIB = 2**30
@@ -150,8 +150,10 @@ def main() -> None:
     params = list(model.parameters())
     param_storages = {p.untyped_storage().data_ptr() for p in params}
     record("model", peak.peak, weights_gib=nbytes(params) / GIB)
-    rollout = RolloutConfig(group_size=G, max_new_tokens=MAX_NEW, temperature=1.0, stop_strings=())
     spec = rewards.RewardSpec(format_shaping=WORKLOADS["shaped"])
+    rollout = RolloutConfig(
+        group_size=G, max_new_tokens=MAX_NEW, temperature=1.0, stop_strings=tuple(stop_strings(spec))
+    )
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=LR)
     loader, gen = iter(dm.train_dataloader()), torch.Generator().manual_seed(0)
     held: dict[str, float] = {}

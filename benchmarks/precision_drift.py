@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from grpo_step import MAX_NEW, WORKLOADS, G, datamodule  # noqa: E402
+from grpo_step import MAX_NEW, WORKLOADS, G, datamodule, stop_strings  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -87,8 +87,10 @@ def main() -> None:
     dm.set_tokenizer(tok)
     dm.setup()
     fp32, bf16 = policy("float32", args.adapter), policy("bfloat16", args.adapter)
-    sampling = RolloutConfig(group_size=G, max_new_tokens=MAX_NEW, temperature=1.0, stop_strings=())
     spec = rewards.RewardSpec(format_shaping=WORKLOADS["shaped"])
+    sampling = RolloutConfig(
+        group_size=G, max_new_tokens=MAX_NEW, temperature=1.0, stop_strings=tuple(stop_strings(spec))
+    )
     loader, gen = iter(dm.train_dataloader()), torch.Generator().manual_seed(0)
     totals: dict[str, list[dict]] = {}
     for _ in range(args.prompts):
