@@ -1,6 +1,6 @@
 """`python -m reczero` is the same entry point as the `reczero` console script."""
 
-from reczero.cli import main
+from reczero.cli import console
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console())

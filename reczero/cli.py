@@ -2,7 +2,7 @@
 
   reczero fit|validate|test --config configs/grpo.yaml [--model.init_args.x=...] [--trainer.y=...]
   reczero evaluate  [--config FILE] [--adapter DIR | --ckpt FILE] [--split test] [--limit N] [--output F]
-  reczero predict   --requests requests.jsonl [--config FILE] [--adapter DIR | --ckpt FILE]
+  reczero predict   --requests requests.jsonl [--config FILE] [--adapter DIR | --ckpt FILE] [--output F]
   reczero baselines [--config FILE] [--output baselines.json] [--methods a b]
   reczero coldstart --config configs/sft.yaml [--teacher ID] [--num_traces 1000] [--tries 4]
   reczero data stats|preview [--config FILE] [--tokens] [--count 3]
@@ -19,9 +19,10 @@ options are its function's `options` dataclass, at the top level (`--limit`); da
 underscores, a bare boolean flag means true, a list option takes several values, and `--format` /
 `--path` are short for `--data.source.format` / `--data.source.path`.
 
-A config error (an unknown key, a wrong type, a value a class refuses) and bad input (a malformed
-data row) end the command with one line on stderr, naming the key and what was expected, and exit
-code 2.
+A command that succeeds exits 0 and prints its table or summary; machine-readable results go to the
+file `--output` names. A config error (an unknown key, a wrong type, a value a class refuses) and bad
+input (a malformed data row) end the command with one line on stderr, naming the key, or the file, line
+and field, and what was expected, and exit code 2.
 """
 
 from __future__ import annotations
@@ -375,7 +376,16 @@ def _command_name(args: list[str]) -> tuple[str, list[str]]:
     return args[0], args[1:]
 
 
+def console() -> int:
+    """The `reczero` console script and `python -m reczero`: exit status 0 when the command succeeds, 2 on bad
+    input (`main` prints one line and raises SystemExit(2)); the command's result stays in Python."""
+    main()
+    return 0
+
+
 def main(argv: list[str] | None = None):
+    """Run `reczero <command>` on `argv` (default: the command line) and return the command's result, for
+    callers in Python (tests, scripts); the console script is `console`."""
     args = list(sys.argv[1:] if argv is None else argv)
     setup_console()
     if not args or args[0] in ("-h", "--help"):

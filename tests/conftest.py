@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -34,18 +35,15 @@ from tiny import make_tiny_llama, make_tiny_tokenizer, save_tiny_checkpoint  # n
 
 
 def pytest_configure(config):
+    # `dtype: auto` on the CPU follows the CPU's flags (`reczero.policy.precision`): bf16 on AMX. The
+    # tests check fp32 numbers on every CPU, so the pin goes into the environment for the whole session,
+    # before any fixture runs: every subprocess a test starts inherits it. A test of the rule itself
+    # unsets it with monkeypatch (restored after that test).
+    from reczero.policy.precision import PIN_VARIABLE
+
+    os.environ[PIN_VARIABLE] = "float32"
     # peft 0.21 calls a transformers 5 property that is deprecated; harmless, and noisy in every test.
     config.addinivalue_line("filterwarnings", "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
-
-
-@pytest.fixture(autouse=True)
-def _cpu_dtype_auto_is_fp32(monkeypatch):
-    """`dtype: auto` on the CPU is measured per machine (`reczero.policy.precision`); tests pin it to
-    fp32, subprocesses included, so that they check the same numbers on every CPU."""
-    from reczero.policy import precision
-
-    monkeypatch.setenv(precision.PIN_VARIABLE, "float32")
-    monkeypatch.setattr(precision, "_CHOICE", None)
 
 
 @pytest.fixture

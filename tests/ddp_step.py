@@ -15,6 +15,7 @@ reset to their starting values, so each step's gradient can be compared on its o
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from reczero.data.batching import scale_of  # noqa: E402
 from reczero.data.render import PromptConfig  # noqa: E402
 from reczero.modules.grpo_module import GRPOModule  # noqa: E402
 from reczero.modules.rollout_callback import RolloutCallback  # noqa: E402
+from reczero.policy import precision  # noqa: E402
 from reczero.policy.factory import PolicyConfig  # noqa: E402
 from reczero.rollout.record import RolloutConfig, record_from_generation  # noqa: E402
 
@@ -129,6 +131,10 @@ def main(out: Path, model_dir: str, devices: int) -> None:
         max_bad_steps=2,
     )
     module.configure_model()
+    # tests/test_scale.py compares gradients at float32's noise floor: the tests' pin must reach this process
+    assert os.environ.get(precision.PIN_VARIABLE) == "float32", f"{precision.PIN_VARIABLE} is not float32 here"
+    dtypes = {p.dtype for p in module.policy.parameters()}
+    assert module.policy_config.dtype == "float32" and dtypes == {torch.float32}, f"runs in {dtypes}"
     perturb_lora(module.policy, scale=0.05)  # the policy differs from the KL reference
     data = synthetic_data(model_dir, prompt, out / "cache", users=30, validation=5, eval_batch_size=2)
     capture = Capture()
@@ -144,6 +150,7 @@ def main(out: Path, model_dir: str, devices: int) -> None:
         "steps": capture.steps,
         "global_step": trainer.global_step,
         "val_samples": module.last_val_metrics["val/samples"],
+        "dtype": module.policy_config.dtype,
         "optimizer_state_steps": [float(s["step"]) for s in module.optimizers().optimizer.state.values()],
     }
     torch.save(result, out / f"rank{trainer.global_rank}.pt")

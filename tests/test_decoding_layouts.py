@@ -1,5 +1,5 @@
 """The rollout engine's decoding shortcuts give the same samples: one copy of each prompt's KV cache
-(`kv_cache.SharedPrefixLayer`) and merged LoRA weights stored transposed (`merge.merged_lora`)."""
+(`kv_cache.SharedPrefixLayer`) and merged LoRA weights (`merge.merged_lora`), whose layout is fixed."""
 
 from __future__ import annotations
 
@@ -81,22 +81,20 @@ def test_share_prefix_leaves_other_cache_layers_alone():
     assert type(cache.layers[0]) is DynamicLayer
 
 
-@pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_merged_weights_in_either_layout_compute_the_adapter_and_put_the_originals_back(
-    tiny_tokenizer, monkeypatch, transposed, dtype
-):
-    monkeypatch.setattr(merge, "transposed_is_faster", lambda dtype: transposed)
+def test_merged_weights_compute_the_adapter_in_a_fixed_layout_and_put_the_originals_back(tiny_tokenizer, dtype):
     policy = _policy(tiny_tokenizer, dtype, "sdpa")
     ids = tiny_tokenizer(["rate this film"], return_tensors="pt").input_ids
     tensors = {n: p.data for n, p in policy.named_parameters()}
     values = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    head = policy.get_base_model().lm_head.weight.data_ptr()
     with torch.no_grad():
         want = policy(input_ids=ids).logits.float()
         with merge.merged_lora(policy) as merged:
             got = policy(input_ids=ids).logits.float()
-            head = policy.get_base_model().lm_head.weight
-            assert head.is_contiguous() != transposed, "the LM head takes the chosen layout too"
+            weights = [p for n, p in policy.named_parameters() if "base_layer" in n]
+            assert weights and all(w.is_contiguous() and w.dtype == dtype for w in weights), "[out, in], W's dtype"
+            assert policy.get_base_model().lm_head.weight.data_ptr() == head, "the LM head has no LoRA: no copy"
     assert merged
     tolerance = 1e-5 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)

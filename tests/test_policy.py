@@ -56,7 +56,7 @@ def test_resolve_dtype(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_dtype("auto") is torch.float32  # tests pin the CPU's choice to fp32 (conftest)
-    monkeypatch.setattr(precision, "_CHOICE", precision.PrecisionChoice(torch.bfloat16, "AMX, measured faster"))
+    monkeypatch.setenv(precision.PIN_VARIABLE, "bfloat16")
     assert resolve_dtype("auto") is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)

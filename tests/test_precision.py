@@ -1,9 +1,11 @@
-"""`dtype: auto` on the CPU (`reczero.policy.precision`), and training in bf16: a bf16 base with float32
-LoRA weights, whose micro-batches still accumulate to the whole batch's gradient."""
+"""`dtype: auto` (`reczero.policy.precision`): a fixed rule over the hardware, never a timing; and training in
+bf16: a bf16 base with float32 LoRA weights, whose micro-batches still accumulate to the whole batch's gradient."""
 
 from __future__ import annotations
 
-import math
+import re
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,16 +18,30 @@ from reczero.modules.grpo_module import GRPOModule
 from reczero.policy import precision
 from reczero.policy.factory import PolicyConfig, build_policy, resolve_dtype
 from reczero.policy.forward import completion_logprobs, shared_prefix_logprobs
+from reczero.rollout.merge import merged_lora
 from reczero.rollout.record import RolloutConfig, record_from_generation
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr sse sse2 ht syscall nx lm avx fma avx2 bmi2"
+AVX512 = "avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni"
+CPUINFO = {  # /proc/cpuinfo of the three kinds of CPU these machines have shown (2 processors each)
+    "amx": f"{BASE_FLAGS} {AVX512} avx512_bf16 amx_bf16 amx_tile amx_int8",
+    "avx512_bf16": f"{BASE_FLAGS} {AVX512} avx512_bf16",
+    "avx2": BASE_FLAGS,
+}
+
+
+def _cpuinfo(path: Path, flags: str) -> Path:
+    path.write_text("".join(f"processor\t: {i}\nmodel name\t: a CPU\nflags\t\t: {flags}\n\n" for i in range(2)))
+    return path
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n\nprocessor\t: 1\n")
+    info = _cpuinfo(tmp_path / "cpuinfo", CPUINFO["amx"])
     assert precision.cpu_bf16_flags(info) == ("amx_bf16", "avx512_bf16")
-    info.write_text("flags\t\t: fpu sse2 avx2\n")
-    assert precision.cpu_bf16_flags(info) == ()
-    assert precision.cpu_bf16_flags(tmp_path / "missing") == ()
+    assert {"avx2", "amx_tile"} <= precision.cpu_flags(info)
+    assert precision.cpu_bf16_flags(_cpuinfo(tmp_path / "cpuinfo", CPUINFO["avx2"])) == ()
+    assert precision.cpu_flags(tmp_path / "missing") == frozenset()
 
 
 def test_the_last_level_cache_is_read_from_sysfs(tmp_path):
@@ -37,44 +53,84 @@ def test_the_last_level_cache_is_read_from_sysfs(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("flags", "speedups", "expected"),
-    [
-        ((), None, torch.float32),  # no native bf16: never probed
-        (("amx_bf16", "avx512_bf16"), (1.8, 4.0), torch.bfloat16),
-        (("avx512_bf16",), (1.3, 0.85), torch.float32),  # faster decode, slower training: not both
-        (("avx512_bf16",), (1.05, 1.5), torch.float32),
-        (("avx512_bf16",), (1.2, 1.2), torch.float32),  # faster, but not by the margin
-    ],
+    ("kind", "expected"),
+    [("amx", torch.bfloat16), ("avx512_bf16", torch.float32), ("avx2", torch.float32), (None, torch.float32)],
+    ids=["amx_bf16", "avx512_bf16-only", "neither", "no-cpuinfo"],
 )
-def test_cpu_choice_needs_native_bf16_that_wins_both_probes(monkeypatch, flags, speedups, expected):
+def test_auto_resolves_by_the_rule_for_simulated_cpuinfo(tmp_path, monkeypatch, kind, expected):
+    """bf16 with AMX only; the same answer every time it is asked (no stopwatch to disagree with itself)."""
+    info = _cpuinfo(tmp_path / "cpuinfo", CPUINFO[kind]) if kind else tmp_path / "missing"
     monkeypatch.delenv(precision.PIN_VARIABLE)
-    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: flags)
-
-    def probe():
-        assert speedups is not None, "a CPU without native bf16 must not be probed"
-        return speedups
-
-    monkeypatch.setattr(precision, "probe_bf16_speedups", probe)
-    choice = precision.cpu_choice()
-    assert choice.dtype is expected and choice.flags == flags
-    assert ("AMX" in choice.reason) if not flags else (f"{speedups[1]:.2f}x" in choice.reason)
-    assert precision.cpu_choice() is choice, "decided once per process"
+    monkeypatch.setattr(precision, "CPUINFO", info)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_dtype("auto") is expected
+    choices = {precision.auto_choice() for _ in range(3)}
+    assert len(choices) == 1
+    (choice,) = choices
+    assert choice.dtype is expected and resolve_dtype("auto") is expected
+    assert choice.reason.startswith("rule: ") and precision.cpu_kind(precision.cpu_flags(info)) == (kind or "other")
 
 
-def test_the_pin_variable_decides_and_is_checked(monkeypatch):
+def test_the_gpu_rule(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_dtype("auto") is torch.bfloat16 and precision.check_runnable("bfloat16") is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_dtype("auto") is torch.float16
+    with pytest.raises(ValueError, match="does not support bfloat16"):
+        precision.check_runnable("bfloat16")
+
+
+def test_the_pin_variable_overrides_the_rule_and_is_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "CPUINFO", _cpuinfo(tmp_path / "cpuinfo", CPUINFO["amx"]))
+    assert precision.cpu_choice().dtype is torch.float32, "the tests' session-wide pin (conftest)"
     monkeypatch.setenv(precision.PIN_VARIABLE, "bfloat16")
+    monkeypatch.setattr(precision, "CPUINFO", _cpuinfo(tmp_path / "cpuinfo", CPUINFO["avx2"]))
     assert precision.cpu_choice().dtype is torch.bfloat16
-    monkeypatch.setattr(precision, "_CHOICE", None)
     monkeypatch.setenv(precision.PIN_VARIABLE, "fp8")
     with pytest.raises(ValueError, match="RECZERO_CPU_DTYPE='fp8': expected float32 or bfloat16"):
         precision.cpu_choice()
 
 
-def test_the_probe_times_both_kinds_of_matmul():
-    decode, train = precision.probe_bf16_speedups()
-    assert all(math.isfinite(x) and x > 0 for x in (decode, train))
+def test_a_recorded_dtype_this_cpu_runs_slowly_is_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "CPUINFO", _cpuinfo(tmp_path / "cpuinfo", CPUINFO["avx512_bf16"]))
+    assert "no AMX" in precision.check_runnable("bfloat16")
+    assert precision.check_runnable("float32") is None and "float16" in precision.check_runnable("float16")
+    monkeypatch.setattr(precision, "CPUINFO", _cpuinfo(tmp_path / "cpuinfo", CPUINFO["amx"]))
+    assert precision.check_runnable("bfloat16") is None
+
+
+def test_the_dtype_and_the_sampling_layout_are_chosen_without_a_clock(monkeypatch, tiny_policy):
+    """Every clock raises while `auto` resolves and while the LoRA is merged for sampling."""
+
+    def no_clock(*args):
+        raise AssertionError("a numerics decision read a clock")
+
+    for name in ("perf_counter", "perf_counter_ns", "time", "time_ns", "monotonic", "monotonic_ns", "process_time"):
+        monkeypatch.setattr(time, name, no_clock)
+    monkeypatch.delenv(precision.PIN_VARIABLE)
+    monkeypatch.setattr(precision.log, "disabled", True)  # a log record's timestamp reads the clock
+    precision.auto_choice()
+    with torch.no_grad(), merged_lora(perturb_lora(tiny_policy, scale=0.05)) as merged:
+        assert merged
+
+
+def test_no_timing_decides_computation_in_policy_or_rollout():
+    """The grep of the issue: in `reczero/policy` and `reczero/rollout` a clock is read only to report how long
+    something took (`start = time.perf_counter()` ... `time.perf_counter() - start` in a log or a record);
+    the dtype and the weight layout modules read none."""
+    timing = re.compile(r"perf_counter|time\.time|timeit|monotonic|process_time")
+    allowed = re.compile(r"^\s*start = time\.perf_counter\(\)$|time\.perf_counter\(\) - start\b")
+    found = []
+    for folder in ("policy", "rollout"):
+        for path in sorted((REPO / "reczero" / folder).glob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if timing.search(line):
+                    found.append((path.name, number, line.strip()))
+                    assert allowed.search(line), f"{path.name}:{number} reads a clock: {line.strip()}"
+    assert not [f for f in found if f[0] in ("precision.py", "merge.py")]
+    assert "import time" not in (REPO / "reczero/policy/precision.py").read_text()
+    assert "import time" not in (REPO / "reczero/rollout/merge.py").read_text()
 
 
 def _bf16_policy(tokenizer):

@@ -1,4 +1,4 @@
-"""`reczero predict`: ratings for requests read as JSONL, one JSON line out per request (stdout).
+"""`reczero predict`: ratings for requests read as JSONL, one JSON line out per request (stdout, or `--output`).
 
 A request is either inline (everything the prompt shows, no dataset needed):
 
@@ -31,6 +31,7 @@ import math
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from reczero import prompts, reasoning
@@ -379,10 +380,12 @@ class PredictOptions(PolicyOptions):
             (null when unparsed), fallback, fallback_used, prediction, format_ok, completion.
             Reference: docs/data.md.
         on_bad_row: "error" stops at the first bad line; "skip" warns on stderr and counts it.
+        output: write the JSON lines to this file instead of stdout.
     """
 
     requests: str | None = None
     on_bad_row: Literal["error", "skip"] = "error"
+    output: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -391,9 +394,9 @@ class PredictOptions(PolicyOptions):
 
 
 def predict_command(data: RatingDataModule, model: PolicyModule, options: PredictOptions) -> int:
-    """Rate requests (JSONL) with a policy: one JSON line per request on stdout. A request names a user and an
-    item of the --config dataset ({"user": "196", "item": "242"}) or carries the history inline (--requests).
-    """
+    """Rate requests (JSONL) with a policy: one JSON line per request on stdout, or in `--output`. A request
+    names a user and an item of the --config dataset ({"user": "196", "item": "242"}) or carries the history
+    inline (--requests)."""
     source = "<stdin>" if options.requests == "-" else options.requests
     try:
         if options.requests == "-":
@@ -407,8 +410,13 @@ def predict_command(data: RatingDataModule, model: PolicyModule, options: Predic
         print(f"no requests to rate ({skipped} bad lines skipped)", file=sys.stderr)
         return 0
     policy, tokenizer, _, decode = options.load(model)
-    written = predict_stream(
-        policy, tokenizer, data, requests, decode, model.reward_spec, options.batch_size or data.eval_batch_size
-    )
-    print(f"rated {written} requests; skipped {skipped} bad lines", file=sys.stderr)
+    batch_size = options.batch_size or data.eval_batch_size
+    if options.output:
+        Path(options.output).parent.mkdir(parents=True, exist_ok=True)
+        with open(options.output, "w", encoding="utf-8") as out:
+            written = predict_stream(policy, tokenizer, data, requests, decode, model.reward_spec, batch_size, out)
+    else:
+        written = predict_stream(policy, tokenizer, data, requests, decode, model.reward_spec, batch_size)
+    where = f"; wrote {options.output}" if options.output else ""
+    print(f"rated {written} requests; skipped {skipped} bad lines{where}", file=sys.stderr)
     return written

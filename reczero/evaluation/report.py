@@ -257,6 +257,9 @@ class ReportOptions:
 def report_command(options: ReportOptions) -> dict[str, Path]:
     """One markdown table and PNG plots from evaluation results and training runs (needs the plot extra)."""
     written = write_report(options.inputs, options.runs, options.out, options.methods)
-    print((Path(options.out) / "report.md").read_text())
+    report = (Path(options.out) / "report.md").read_text()
+    print(
+        report.split("\n## ", 1)[0].rstrip() + "\n"
+    )  # the table and its notes; the pairwise sections stay in the file
     print("wrote " + ", ".join(str(p) for p in written.values()))
     return written

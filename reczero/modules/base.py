@@ -2,14 +2,18 @@
 greedy-decoding validation with honest rating metrics, and adapter-only checkpoints.
 
 The policy (a LoRA / QLoRA `PeftModel`) is built in `configure_model`, so Lightning strategies
-(DDP, FSDP, DeepSpeed) wrap it as they need. The module never touches the DataModule: the prompt
-settings both need arrive as one `PromptConfig` (`prompt`, the same object the DataModule renders
+(DDP, FSDP, DeepSpeed) wrap it as they need. Before its weights load, `policy.dtype: auto` becomes
+one concrete dtype: rank 0 resolves it by the hardware rule (`policy.precision`) and every rank takes
+that choice; the hyper-parameters and checkpoints record it, and a resume computes in the recorded
+dtype. The module never touches the DataModule: the prompt settings both need arrive as one `PromptConfig` (`prompt`, the same object the DataModule renders
 with), and each batch carries the rating scale of its targets.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import gc
 import logging
 import math
 import time
@@ -24,9 +28,10 @@ from reczero.data.batching import scale_of
 from reczero.data.render import PromptConfig
 from reczero.modules.checkpointing import capture_rng, restore_rng
 from reczero.modules.console import StepProgressBar, ValidationTable
-from reczero.modules.distributed import gather_per_rank, own_entry
+from reczero.modules.distributed import from_rank_zero, gather_per_rank, own_entry
+from reczero.policy import precision
 from reczero.policy.adapters import save_adapter
-from reczero.policy.factory import PolicyConfig, build_policy, load_tokenizer
+from reczero.policy.factory import PolicyConfig, build_policy, load_tokenizer, resolve_dtype
 from reczero.rollout.decoding import DecodeConfig, decode_batch
 
 log = logging.getLogger(__name__)
@@ -77,6 +82,7 @@ class PolicyModule(L.LightningModule):
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.policy_config = policy
+        self._dtype_auto = policy.dtype == "auto"  # resolved in `configure_model`; the checkpoint's wins on resume
         self.prompt = as_config(prompt, PromptConfig)
         self.prompt.check_scored_by(reward)  # the prompt asks for the tags the reward checks
         self.reward_spec = reward
@@ -103,8 +109,28 @@ class PolicyModule(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = build_policy(self.policy_config)
+            self.settle_dtype()
+            self.policy = self.make_policy()
         self.check_context_length()
+
+    def make_policy(self) -> torch.nn.Module:
+        """The policy `configure_model` builds from `policy_config`."""
+        return build_policy(self.policy_config)
+
+    def settle_dtype(self) -> None:
+        """`policy.dtype: auto` made concrete before any weight loads: rank 0 applies the hardware rule and
+        every rank takes its choice, so no two ranks compute in different dtypes."""
+        if self.policy_config.dtype == "auto":
+            self._set_policy_dtype(from_rank_zero(lambda: precision.dtype_name(resolve_dtype("auto"))))
+
+    def _set_policy_dtype(self, name: str) -> None:
+        """`policy.dtype` = `name`, in the hyper-parameters too: the checkpoints' (`hparams`) and the ones
+        Lightning sends the logger after `configure_model` (`hparams_initial`, kept by Lightning as
+        `_hparams_initial`; `save_hyperparameters` outside `__init__` would inspect the wrong frames)."""
+        self.policy_config = dataclasses.replace(self.policy_config, dtype=name)
+        self.hparams["policy"] = self.policy_config
+        if isinstance(getattr(self, "_hparams_initial", None), dict):
+            self._hparams_initial["policy"] = copy.deepcopy(self.policy_config)
 
     def max_new_tokens(self) -> int:
         """The longest completion this module generates (subclasses add their rollout length)."""
@@ -221,9 +247,13 @@ class PolicyModule(L.LightningModule):
         }
         # every rank draws its own random numbers, and only rank 0 writes the file: one state per rank
         checkpoint["reczero_rng"] = gather_per_rank(self._trainer, capture_rng())
-        checkpoint["reczero_hyper_parameters"] = {"policy_model": self.policy_config.model}
+        checkpoint["reczero_hyper_parameters"] = {
+            "policy_model": self.policy_config.model,
+            "policy_dtype": self.policy_config.dtype,  # what `auto` resolved to: a resume keeps it
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.keep_recorded_dtype(checkpoint)
         state = checkpoint.get("reczero_rng")
         if isinstance(state, list):
             state = own_entry(state, self._trainer, "random number generator states")
@@ -236,6 +266,51 @@ class PolicyModule(L.LightningModule):
                 f"checkpoint lacks {len(missing)} adapter weights (e.g. {sorted(missing)[:2]}): it was written for a "
                 "different LoRA configuration (rank / target modules) than this run's model.policy"
             )
+
+    def keep_recorded_dtype(self, checkpoint: dict) -> None:
+        """Resume in the dtype the checkpoint's run computed in. Under `policy.dtype: auto` the policy is
+        rebuilt in it where this machine's rule chose otherwise (Lightning restores checkpoints between
+        `configure_model` and wrapping the model, so nothing else holds the old weights yet); a dtype
+        this machine cannot compute in stops the run. A dtype given explicitly is kept, with a warning."""
+        recorded = (checkpoint.get("reczero_hyper_parameters") or {}).get("policy_dtype")
+        current = self.policy_config.dtype  # "auto" only for a policy injected before `configure_model`
+        if recorded in (None, "auto") or current in ("auto", recorded) or self.policy is None:
+            return
+        if not self._dtype_auto:
+            log.warning(
+                "the checkpoint's run computed in %s; this run computes in %s (policy.dtype): not an exact resume",
+                recorded,
+                current,
+            )
+            return
+        hint = f"set --model.init_args.policy.dtype={current} to resume in {current} anyway (not an exact resume)"
+        try:
+            slow = precision.check_runnable(recorded)
+        except ValueError as err:
+            raise ValueError(f"the checkpoint's run computed in {recorded}, but {err}; {hint}") from None
+        trainer = self._trainer
+        if trainer is not None and trainer.strategy.restore_checkpoint_after_setup:
+            raise ValueError(
+                f"the checkpoint's run computed in {recorded} and this machine's rule gives {current}; "
+                f"{type(trainer.strategy).__name__} restores after wrapping the model, so set "
+                f"--model.init_args.policy.dtype={recorded} to resume exactly, or {hint}"
+            )
+        log.info("resuming in the checkpoint's dtype %s (this machine's rule gives %s)", recorded, current)
+        if slow:
+            log.warning("%s", slow)
+        self.policy = None
+        gc.collect()
+        self._set_policy_dtype(recorded)
+        if trainer is None:
+            self.configure_model()
+            return
+        strategy = trainer.strategy  # the contexts Lightning builds the model in
+        with (
+            strategy.tensor_init_context(),
+            strategy.model_sharded_context(),
+            trainer.precision_plugin.module_init_context(),
+        ):
+            self.configure_model()
 
     def on_train_end(self) -> None:
         if self.hparams.adapter_dir and self.global_rank == 0:

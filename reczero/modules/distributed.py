@@ -10,18 +10,20 @@
   every row on every rank, so the counts match.
 - `gather_per_rank` / `own_entry`: one entry per rank in a checkpoint (only rank 0 writes it), and
   each rank's own entry back on resume.
+- `from_rank_zero`: one decision (the policy's dtype) made on rank 0 and taken by every rank.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _world(trainer) -> int:
@@ -78,6 +80,17 @@ def sync_gradients(trainer, params: list[torch.nn.Parameter]) -> None:
         for p in group:
             p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
             offset += p.numel()
+
+
+def from_rank_zero(decide: Callable[[], T]) -> T:
+    """`decide()` run on rank 0 only, its result (picklable) broadcast to every rank; run here where no
+    process group is initialised. Call it on every rank: Lightning initialises the group before `setup`
+    and `configure_model`."""
+    if not _distributed() or torch.distributed.get_world_size() <= 1:
+        return decide()
+    box = [decide() if torch.distributed.get_rank() == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather_per_rank(trainer, obj: Any) -> list[Any]:

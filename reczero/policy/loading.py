@@ -89,9 +89,14 @@ def training_policy(cfg: PolicyConfig, reference: str = "base"):
 
 
 def _checkpoint_policy(policy_cfg: PolicyConfig, ckpt: dict, path: str | Path):
-    """The policy a checkpoint's LoRA weights belong to, built like the run that wrote it: a `reference: sft`
-    run trained its LoRA on top of the SFT adapter merged into the base, so that adapter is merged first."""
+    """The policy a checkpoint's LoRA weights belong to, built like the run that wrote it: in the dtype it
+    recorded (where `policy.dtype` is `auto`), and for a `reference: sft` run, which trained its LoRA on
+    top of the SFT adapter merged into the base, with that adapter merged first."""
     hparams = (ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None) or {}
+    recorded = ((ckpt.get("reczero_hyper_parameters") if isinstance(ckpt, dict) else None) or {}).get("policy_dtype")
+    if policy_cfg.dtype == "auto" and recorded not in (None, "auto"):
+        log.info("%s: built in the dtype its run computed in, %s", path, recorded)
+        policy_cfg = dataclasses.replace(policy_cfg, dtype=recorded)
     reference = hparams.get("reference", "base")
     if reference != "sft":
         return training_policy(policy_cfg)

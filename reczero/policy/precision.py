@@ -1,24 +1,26 @@
-"""Which dtype `dtype: auto` means on this machine: bf16 only where it is native AND measured faster.
+"""Which dtype `dtype: auto` means on this machine: a fixed rule over the hardware, never a timing.
 
-On CUDA, `auto` is bf16 where the GPU supports it (else fp16). On the CPU it depends on the chip:
-without AVX512-BF16 or AMX, bf16 matmuls are emulated and many times slower than fp32; with AMX they
-are usually much faster; with AVX512-BF16 alone it varies with the kind of matmul and the thread
-count. So `cpu_choice()` reads the CPU flags and, where bf16 is native, times the two kinds of matmul
-a GRPO step is made of, in both dtypes, at the threads the run uses: a decode step's (8 rows against
-weights streamed from memory, more than the last-level cache holds) and a training GEMM's. bf16 is
-chosen only if it wins both by `MARGIN` (it costs accuracy, and a shared machine's timings are noisy:
-repeated probes here spread by tens of percent); the choice is made once per process and logged with
-its reasons.
-`RECZERO_CPU_DTYPE=float32|bfloat16` pins it instead (the tests do; so should a run that must resume
-bit for bit on a machine where the probe could land either way). Under bf16 the frozen base weights
-are stored in bf16; the LoRA weights, their optimizer state and the log-softmax stay float32 (peft
-keeps adapters in float32 by default)."""
+- CUDA: bfloat16 where the GPU supports it, else float16.
+- CPU, from the flags in `/proc/cpuinfo`:
+  - `amx_bf16` (AMX tiles): bfloat16. AMX runs bf16 matmuls natively, and far faster than fp32.
+  - `avx512_bf16` without AMX: float32. bf16 is native there, but measured against fp32 it was not a
+    stable win (it varied with the matmul's shape and with what else loaded the machine), and bf16
+    costs log-prob accuracy (`benchmarks/results/precision_drift.json`).
+  - neither (AVX2 and older, and CPUs without `/proc/cpuinfo`): float32. bf16 would be emulated.
+- `RECZERO_CPU_DTYPE=float32|bfloat16` overrides the CPU rule (the tests pin float32 with it).
+
+The figures behind the rule: `benchmarks/results/dtype_rule/` (`benchmarks/dtype_rule.py`). One log
+line says what `auto` resolved to and by which rule. The LightningModules resolve it once, on rank 0,
+hand rank 0's choice to every rank, and record it in the hyper-parameters and checkpoints so that a
+resume computes in the same dtype (`reczero.modules.base`). Under bf16 the frozen base weights are
+bf16; the LoRA weights, their optimizer state and the log-softmax stay float32.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,52 +28,113 @@ import torch
 
 log = logging.getLogger(__name__)
 
+CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of bf16 matmul instructions
 PIN_VARIABLE = "RECZERO_CPU_DTYPE"
-MARGIN = 1.25  # bf16 must run both probes this many times faster than fp32
-_PROBE_BYTES = (64 * 2**20, 512 * 2**20)  # float32 weights a decode probe streams: at least, at most
 _CACHE_INFO = Path("/sys/devices/system/cpu/cpu0/cache")
 
 
 @dataclass(frozen=True)
 class PrecisionChoice:
-    """The dtype `auto` resolved to on the CPU, and why."""
+    """The dtype `auto` resolved to, and the rule (or override) that chose it."""
 
     dtype: torch.dtype
     reason: str
-    flags: tuple[str, ...] = ()
-    decode_speedup: float | None = None  # fp32 time / bf16 time of the decode probe
-    train_speedup: float | None = None  # same, for the training GEMM probe
+    flags: tuple[str, ...] = ()  # the native-bf16 flags the CPU reports
 
 
-def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, ...]:
-    """The native-bf16 flags this CPU reports (Linux); () where there is no /proc/cpuinfo."""
+def cpu_flags(cpuinfo: str | Path | None = None) -> frozenset[str]:
+    """Every flag of the `flags` lines of /proc/cpuinfo (Linux); empty where there is none."""
     try:
-        text = Path(cpuinfo).read_text()
+        text = Path(cpuinfo or CPUINFO).read_text()
     except OSError:
-        return ()
-    flags = set()
+        return frozenset()
+    flags: set[str] = set()
     for line in text.splitlines():
         if line.startswith("flags"):
             flags.update(line.split(":", 1)[1].split())
+    return frozenset(flags)
+
+
+def cpu_bf16_flags(cpuinfo: str | Path | None = None) -> tuple[str, ...]:
+    """The native-bf16 flags this CPU reports, in `NATIVE_BF16_FLAGS` order."""
+    flags = cpu_flags(cpuinfo)
     return tuple(f for f in NATIVE_BF16_FLAGS if f in flags)
 
 
-def _alternating_speedup(runs: dict[str, callable], rounds: int = 9) -> float:
-    """float32 seconds / bfloat16 seconds, each dtype's fastest round (other jobs on the machine only
-    ever add time); the order alternates each round and the first round only warms up."""
-    best = {name: float("inf") for name in runs}
-    for round_ in range(rounds):
-        for name in sorted(runs, reverse=bool(round_ % 2)):
-            start = time.perf_counter()
-            runs[name]()
-            if round_:
-                best[name] = min(best[name], time.perf_counter() - start)
-    return best["float32"] / best["bfloat16"]
+def cpu_kind(flags: Iterable[str]) -> str:
+    """amx | avx512_bf16 | avx2 | other: the kinds of CPU whose bf16 behaves differently."""
+    flags = set(flags)
+    for kind, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"), ("avx2", "avx2")):
+        if flag in flags:
+            return kind
+    return "other"
+
+
+def cpu_rule(flags: Iterable[str]) -> PrecisionChoice:
+    """bf16 on AMX, fp32 everywhere else (the module docstring says why)."""
+    flags = frozenset(flags)
+    native = tuple(f for f in NATIVE_BF16_FLAGS if f in flags)
+    kind = cpu_kind(flags)
+    if kind == "amx":
+        return PrecisionChoice(torch.bfloat16, "rule: amx_bf16 in /proc/cpuinfo, AMX runs bf16 matmuls", native)
+    if kind == "avx512_bf16":
+        reason = "rule: avx512_bf16 without AMX, bf16 is no stable win over fp32 there and costs accuracy"
+        return PrecisionChoice(torch.float32, reason, native)
+    return PrecisionChoice(torch.float32, "rule: no amx_bf16 or avx512_bf16 in /proc/cpuinfo, bf16 would be emulated")
+
+
+def cpu_choice(cpuinfo: str | Path | None = None) -> PrecisionChoice:
+    """`RECZERO_CPU_DTYPE` where set, else `cpu_rule` over this CPU's flags."""
+    flags = cpu_flags(cpuinfo)
+    pinned = os.environ.get(PIN_VARIABLE)
+    if pinned:
+        if pinned not in ("float32", "bfloat16"):
+            raise ValueError(f"{PIN_VARIABLE}={pinned!r}: expected float32 or bfloat16")
+        native = tuple(f for f in NATIVE_BF16_FLAGS if f in flags)
+        return PrecisionChoice(getattr(torch, pinned), f"pinned by {PIN_VARIABLE}={pinned}", native)
+    return cpu_rule(flags)
+
+
+_LOGGED: set[PrecisionChoice] = set()
+
+
+def auto_choice() -> PrecisionChoice:
+    """What `dtype: auto` means on this machine (CUDA first, else the CPU's rule); logged once per choice."""
+    if torch.cuda.is_available():
+        supported = torch.cuda.is_bf16_supported()
+        reason = f"rule: the GPU {'supports' if supported else 'does not support'} bf16"
+        choice = PrecisionChoice(torch.bfloat16 if supported else torch.float16, reason)
+    else:
+        choice = cpu_choice()
+    if choice not in _LOGGED:
+        _LOGGED.add(choice)
+        log.info("dtype auto -> %s (%s)", dtype_name(choice.dtype), choice.reason)
+    return choice
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.bfloat16` -> "bfloat16": the form configs and checkpoints hold."""
+    return str(dtype).removeprefix("torch.")
+
+
+def check_runnable(name: str) -> str | None:
+    """Whether this machine can compute in the recorded dtype `name`: None where it runs as usual, a
+    warning where it runs but slowly (bf16 without AMX, fp16 on a CPU); ValueError where it cannot
+    (bf16 on a GPU without bf16)."""
+    if torch.cuda.is_available():
+        if name == "bfloat16" and not torch.cuda.is_bf16_supported():
+            raise ValueError("this GPU does not support bfloat16")
+        return None
+    if name == "bfloat16" and cpu_kind(cpu_flags()) != "amx":
+        return "this CPU has no AMX: bfloat16 runs, slower than float32"
+    if name == "float16":
+        return "float16 on the CPU runs, slower than float32"
+    return None
 
 
 def last_level_cache_bytes(cache_info: str | Path = _CACHE_INFO) -> int:
-    """Size of the CPU's largest cache (Linux sysfs); 0 where it cannot be read."""
+    """Size of the CPU's largest cache (Linux sysfs), for benchmark records; 0 where it cannot be read."""
     sizes = []
     for size in Path(cache_info).glob("index*/size"):
         text = size.read_text().strip().upper()
@@ -81,60 +144,3 @@ def last_level_cache_bytes(cache_info: str | Path = _CACHE_INFO) -> int:
         except ValueError:
             continue
     return max(sizes, default=0)
-
-
-def probe_bf16_speedups() -> tuple[float, float]:
-    """(decode, train) speed of bf16 relative to fp32 matmuls on this CPU, at the current threads.
-
-    The decode probe streams more float32 weights than the last-level cache holds (as a model's
-    weights are streamed at every decode step), within `_PROBE_BYTES`."""
-    low, high = _PROBE_BYTES
-    nbytes = min(high, max(low, 3 * last_level_cache_bytes() // 2))
-    gen = torch.Generator().manual_seed(0)
-    weights32 = [torch.full((1024, 1024), 0.5) for _ in range(nbytes // (1024 * 1024 * 4))]
-    x32 = torch.randn(8, 1024, generator=gen)
-    a32, b32 = torch.randn(256, 1024, generator=gen), torch.randn(1024, 1024, generator=gen)
-    weights16 = [w.bfloat16() for w in weights32]
-    x16, a16, b16 = x32.bfloat16(), a32.bfloat16(), b32.bfloat16()
-
-    def decode(x, weights):
-        return lambda: [torch.nn.functional.linear(x, w) for w in weights]
-
-    def train(a, b):
-        return lambda: a @ b
-
-    with torch.no_grad():
-        dec = _alternating_speedup({"float32": decode(x32, weights32), "bfloat16": decode(x16, weights16)})
-        tr = _alternating_speedup({"float32": train(a32, b32), "bfloat16": train(a16, b16)})
-    return dec, tr
-
-
-_CHOICE: PrecisionChoice | None = None
-
-
-def cpu_choice() -> PrecisionChoice:
-    """bf16 where the CPU has native bf16 and it beats fp32 by `MARGIN` in both probes; fp32 otherwise.
-    Decided once per process (the first `dtype: auto` on the CPU) and logged."""
-    global _CHOICE
-    if _CHOICE is not None:
-        return _CHOICE
-    flags = cpu_bf16_flags()
-    pinned = os.environ.get(PIN_VARIABLE)
-    if pinned:
-        if pinned not in ("float32", "bfloat16"):
-            raise ValueError(f"{PIN_VARIABLE}={pinned!r}: expected float32 or bfloat16")
-        choice = PrecisionChoice(getattr(torch, pinned), f"pinned by {PIN_VARIABLE}={pinned}", flags)
-    elif not flags:
-        choice = PrecisionChoice(torch.float32, "no AMX or AVX512-BF16 in /proc/cpuinfo: bf16 would be emulated")
-    else:
-        dec, tr = probe_bf16_speedups()
-        faster = dec >= MARGIN and tr >= MARGIN
-        verdict = "bf16 wins both" if faster else f"bf16 does not win both by {MARGIN - 1:.0%}"
-        reason = (
-            f"{', '.join(flags)} present; bf16 runs decode matmuls at {dec:.2f}x and training GEMMs at "
-            f"{tr:.2f}x fp32's speed ({torch.get_num_threads()} threads): {verdict}"
-        )
-        choice = PrecisionChoice(torch.bfloat16 if faster else torch.float32, reason, flags, dec, tr)
-    log.info("dtype auto on the CPU -> %s: %s", str(choice.dtype).removeprefix("torch."), choice.reason)
-    _CHOICE = choice
-    return choice
