@@ -165,6 +165,11 @@ def lightning_cli(args: list[str], from_sys_argv: bool = False) -> None:
             for source, target in LINKS:
                 parser.link_arguments(source, target)
 
+        def before_instantiate_classes(self) -> None:
+            from reczero.modules.run_folder import place_run  # noqa: PLC0415
+
+            place_run(self.config[self.subcommand] if self.subcommand else self.config)
+
         def instantiate_classes(self) -> None:
             try:
                 super().instantiate_classes()
