@@ -2,7 +2,7 @@
 
 - CUDA: bfloat16 where the GPU supports it, else float16.
 - CPU, from the flags in `/proc/cpuinfo`:
-  - `amx_bf16` (AMX tiles): bfloat16. AMX runs bf16 matmuls natively, and far faster than fp32.
+  - `amx_bf16` (AMX tiles): bfloat16. AMX runs bf16 matmuls natively, well ahead of fp32.
   - `avx512_bf16` without AMX: float32. bf16 is native there, but measured against fp32 it was not a
     stable win (it varied with the matmul's shape and with what else loaded the machine), and bf16
     costs log-prob accuracy (`benchmarks/results/precision_drift.json`).
