@@ -417,3 +417,18 @@ def test_datamodule_passes_response_prefix_to_its_renderer(cache_dir, tiny_token
     assert text.endswith("<|im_start|>assistant\n<analyze user>")
     ids = dm.dataset("test")[0]["input_ids"]
     assert tiny_tokenizer.decode(ids) == text
+
+
+def test_a_cache_another_process_stored_first_is_kept(tmp_path) -> None:
+    """Commands started together build the same cache: the later store keeps the first complete one (a
+    process may be reading it) and leaves no temporary folder behind."""
+    from reczero.data import cache
+
+    load_or_build(SOURCE, SAMPLES, tmp_path)
+    (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    stamp = (folder / "meta.json").stat().st_mtime_ns
+    data, table, _ = load_or_build(SOURCE, SAMPLES, tmp_path / "none", use_cache=False)
+    cache._store(folder, data, table)  # the slower of two builders
+    assert (folder / "meta.json").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+    assert load_or_build(SOURCE, SAMPLES, tmp_path)[2] is True

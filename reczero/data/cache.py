@@ -133,6 +133,7 @@ def load_or_build(
             return data, table, True
         except Exception as err:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring unreadable sample cache %s (%s); rebuilding", folder, err)
+            shutil.rmtree(folder, ignore_errors=True)
     data = load_source(source)
     _store(folder, data, build_samples(data, samples))
     data, table = _load(folder)  # read back memory-mapped, as a hit would be
@@ -179,9 +180,19 @@ def _store(folder: Path, data: InteractionData, table: SampleTable) -> None:
             "dropped_short": table.dropped_short,
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
+        # several processes may build the same cache at once (commands started together): the first
+        # complete one stays, since another process may be reading it; only a damaged one is replaced
+        if (folder / "meta.json").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "meta.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process stored it in between
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
