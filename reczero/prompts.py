@@ -148,13 +148,17 @@ def item_genres(inp: PromptInput) -> list[str]:
 
 def copy_sources(scale: RatingScale, example: str | None = None, tags: tuple[str, ...] = STEP_TAGS) -> tuple[str, ...]:
     """The texts an answer's reasoning must not copy: the skeleton's hints and the example's reasoning blocks."""
-    sources = [*(_TAG_HINTS[tag] for tag in tags[:-1]), _rate_hint(scale)]
-    if example:
-        for tag in tags[:-1]:
-            start, end = example.find(f"<{tag}>"), example.find(f"</{tag}>")
-            if 0 <= start < end:
-                sources.append(example[start + len(tag) + 2 : end])
-    return tuple(sources)
+    return (*(_TAG_HINTS[tag] for tag in tags[:-1]), _rate_hint(scale), *example_blocks(example, tags))
+
+
+def example_blocks(example: str | None, tags: tuple[str, ...] = STEP_TAGS) -> tuple[str, ...]:
+    """The reasoning blocks of a one-shot example (none without one)."""
+    blocks = []
+    for tag in tags[:-1] if example else ():
+        start, end = example.find(f"<{tag}>"), example.find(f"</{tag}>")
+        if 0 <= start < end:
+            blocks.append(example[start + len(tag) + 2 : end])
+    return tuple(blocks)
 
 
 # -- the compact, numbers-first prompt (`PromptConfig.style: compact`) ------------------------------
@@ -248,9 +252,11 @@ def _compact_rate_hint(scale: RatingScale) -> str:
     return f"the rating alone, {format_number(scale.low)} to {format_number(scale.high)}"
 
 
-def compact_copy_sources(scale: RatingScale, tags: tuple[str, ...] = STEP_TAGS) -> tuple[str, ...]:
-    """The compact skeleton's hints: what an answer's reasoning must not copy."""
-    return (*(_COMPACT_HINTS[tag] for tag in tags[:-1]), _compact_rate_hint(scale))
+def compact_copy_sources(
+    scale: RatingScale, tags: tuple[str, ...] = STEP_TAGS, example: str | None = None
+) -> tuple[str, ...]:
+    """What an answer to a compact prompt must not copy: its skeleton's hints and the example's blocks."""
+    return (*(_COMPACT_HINTS[tag] for tag in tags[:-1]), _compact_rate_hint(scale), *example_blocks(example, tags))
 
 
 def user_message(

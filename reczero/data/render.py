@@ -219,8 +219,7 @@ class PromptRenderer:
         """What an answer to `inp`'s prompt must not copy: the skeleton's hints and the example's blocks."""
         example = self.example_for(inp)
         if self.style == "compact":
-            hints = prompts.compact_copy_sources(inp.scale, self.tags)
-            return hints + prompts.copy_sources(inp.scale, example, self.tags)[len(hints) :] if example else hints
+            return prompts.compact_copy_sources(inp.scale, self.tags, example)
         return prompts.copy_sources(inp.scale, example, self.tags)
 
     def render_text(self, inp: prompts.PromptInput, review_chars: int) -> str:
